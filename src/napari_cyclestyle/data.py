@@ -1,0 +1,225 @@
+"""Training data: the images of one domain and random patches drawn from them.
+
+A :class:`Domain` holds images given as arrays (numpy, dask, napari layer data), files
+or folders. Files are read lazily, a few at a time, so a folder larger than memory can
+train. Patches are drawn uniformly over all pixels of all planes of all images, scaled
+to [-1, 1] with the domain's :class:`~napari_cyclestyle.intensity.IntensityNorm`, and
+randomly flipped/rotated.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .intensity import IntensityNorm, check_finite, fit_intensity
+from .layout import ImageLayout, infer_layout, to_planes
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+# Images used to fit a domain's intensity normalisation (chosen evenly from the domain).
+_NORM_FIT_IMAGES = 8
+
+
+class ImageSource:
+    """One image of a domain: an in-memory (or dask) array, or a file read on demand."""
+
+    def __init__(self, image, channel_axis: int | None = None, expected_channels=None):
+        if isinstance(image, str | os.PathLike):
+            self.path: Path | None = Path(image)
+            shape, dtype = _file_shape_dtype(self.path)
+            self._array = None
+        else:
+            self.path = None
+            if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+                image = np.asarray(image)
+            shape, dtype = image.shape, np.dtype(image.dtype)
+            self._array = image
+        if dtype.kind not in "biuf":
+            raise ValueError(f"{self.name}: images of dtype {dtype} are not supported.")
+        self.dtype = np.dtype(dtype)
+        self.layout: ImageLayout = infer_layout(shape, channel_axis, expected_channels)
+
+    @property
+    def name(self) -> str:
+        """The file name, or a description of the array."""
+        return str(self.path) if self.path is not None else "array"
+
+    @property
+    def n_pixels(self) -> int:
+        """Pixels over all planes (one channel)."""
+        y, x = self.layout.spatial_shape
+        return self.layout.n_planes * y * x
+
+    def planes(self):
+        """The image as a ``(P, C, Y, X)`` array (lazy for dask inputs)."""
+        array = _read_file(self.path) if self.path is not None else self._array
+        return to_planes(array, self.layout)
+
+    def patch(self, plane: int, top: int, left: int, size: int) -> np.ndarray:
+        """Read one ``(C, size, size)`` patch, reflect-padding planes smaller than size."""
+        y, x = self.layout.spatial_shape
+        data = self.planes()[plane, :, top : top + size, left : left + size]
+        data = np.asarray(data)
+        pad_y, pad_x = size - data.shape[-2], size - data.shape[-1]
+        if pad_y > 0 or pad_x > 0:
+            mode = "reflect" if min(y, x) > 1 else "edge"
+            data = np.pad(data, ((0, 0), (0, max(pad_y, 0)), (0, max(pad_x, 0))), mode=mode)
+        return data
+
+
+class Domain:
+    """The images of one domain, with their intensity normalisation.
+
+    Parameters
+    ----------
+    images : array, path, or a sequence of them
+        Arrays (numpy, dask, a napari layer's data), image files, folders of images
+        (TIFF/PNG/JPEG/BMP), or a ``.txt`` file listing image paths one per line.
+    name : str
+        ``"A"`` or ``"B"``, used in messages.
+    channel_axis : int, optional
+        Channel axis of every image; inferred (RGB(A) last axis, else single channel)
+        when None.
+    norm : IntensityNorm or str
+        A ready normalisation, or the mode to fit one: ``auto``, ``fixed``, ``percentile``.
+
+    Raises
+    ------
+    ValueError
+        If there are no images, a path does not exist, or the images disagree in
+        channel count or dtype.
+    """
+
+    def __init__(
+        self,
+        images,
+        name: str = "A",
+        channel_axis: int | None = None,
+        norm: IntensityNorm | str = "auto",
+    ):
+        self.name = name
+        items = list(_expand(images, name))
+        if not items:
+            raise ValueError(f"Domain {name} has no images.")
+        self.sources = [ImageSource(item, channel_axis) for item in items]
+        first = self.sources[0]
+        for source in self.sources[1:]:
+            if source.layout.n_channels != first.layout.n_channels:
+                raise ValueError(
+                    f"Domain {name} mixes images with {first.layout.n_channels} channel(s) "
+                    f"({first.name}) and {source.layout.n_channels} ({source.name}); "
+                    "all images of a domain need the same channels."
+                )
+            if source.dtype != first.dtype:
+                raise ValueError(
+                    f"Domain {name} mixes dtypes {first.dtype} ({first.name}) and "
+                    f"{source.dtype} ({source.name}); convert them to one dtype."
+                )
+        self.n_channels = first.layout.n_channels
+        self.dtype = first.dtype
+        self._weights = np.array([s.n_pixels for s in self.sources], np.float64)
+        self._weights /= self._weights.sum()
+        if isinstance(norm, IntensityNorm):
+            self.norm = norm
+        else:
+            chosen = np.linspace(0, len(self.sources) - 1, _NORM_FIT_IMAGES).round()
+            samples = [
+                np.asarray(self.sources[i].planes()) for i in sorted(set(chosen.astype(int)))
+            ]
+            self.norm = fit_intensity(samples, self.dtype, mode=norm)
+
+    def sample(
+        self, rng: np.random.Generator, batch_size: int, crop_size: int, augment: bool = True
+    ) -> np.ndarray:
+        """Draw ``batch_size`` normalised patches, float32 ``(B, C, crop, crop)``."""
+        patches = np.empty((batch_size, self.n_channels, crop_size, crop_size), np.float32)
+        for i in range(batch_size):
+            source = self.sources[rng.choice(len(self.sources), p=self._weights)]
+            y, x = source.layout.spatial_shape
+            plane = int(rng.integers(source.layout.n_planes))
+            top = int(rng.integers(max(y - crop_size, 0) + 1))
+            left = int(rng.integers(max(x - crop_size, 0) + 1))
+            raw = source.patch(plane, top, left, crop_size)
+            check_finite(raw, f"the images of domain {self.name}")
+            patch = self.norm.normalize(raw)
+            if augment:
+                patch = np.rot90(patch, int(rng.integers(4)), axes=(-2, -1))
+                if rng.integers(2):
+                    patch = patch[..., ::-1]
+            patches[i] = patch
+        return patches
+
+
+def _expand(images, name: str) -> Iterable:
+    """Flatten arrays, files, folders and file lists into arrays and file paths."""
+    if isinstance(images, str | os.PathLike) or hasattr(images, "shape"):
+        images = [images]
+    elif not isinstance(images, Sequence):
+        images = list(images)
+    for item in images:
+        if isinstance(item, str | os.PathLike):
+            path = Path(item).expanduser()
+            if path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                if not files:
+                    raise ValueError(
+                        f"Domain {name}: the folder {path} holds no images "
+                        f"({', '.join(IMAGE_SUFFIXES)})."
+                    )
+                yield from files
+            elif path.suffix.lower() == ".txt" and path.is_file():
+                lines = path.read_text().splitlines()
+                entries = [line.strip() for line in lines if line.strip()]
+                yield from _expand([path.parent / entry for entry in entries], name)
+            elif path.is_file():
+                yield path
+            else:
+                raise ValueError(f"Domain {name}: {path} does not exist.")
+        else:
+            yield item
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file (TIFF with tifffile, others with imageio) into a numpy array.
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read as an image.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return tifffile.imread(path)
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(path))
+    except FileNotFoundError as error:
+        raise ValueError(f"{path} does not exist.") from error
+    except Exception as error:  # the readers raise many kinds for a corrupt file
+        raise ValueError(f"Cannot read {path} as an image: {error}") from error
+
+
+# A few recently used files stay in memory: patches of one image are often drawn in a row.
+_read_file = functools.lru_cache(maxsize=4)(read_image)
+
+
+def _file_shape_dtype(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an image file, from its header where the format allows."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return tuple(series.shape), np.dtype(series.dtype)
+        except Exception as error:
+            raise ValueError(f"Cannot read {path} as a TIFF image: {error}") from error
+    image = _read_file(path)
+    return image.shape, image.dtype
