@@ -1,0 +1,151 @@
+"""The training loop: events, schedule, stopping, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cyclestyle.model_file import load_checkpoint, load_model
+from napari_cyclestyle.trainer import LOSS_NAMES, Trainer, TrainingDiverged, train
+
+from .conftest import tiny_config
+
+
+def test_training_yields_one_event_per_step_and_writes_the_model(tmp_path, gray_domains):
+    output = tmp_path / "model.safetensors"
+    events = list(train(*gray_domains, tiny_config(log_every=2), output=output))
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
+    assert all(e.total_steps == 6 for e in events)
+    assert [e.losses is not None for e in events] == [False, True, False, True, False, True]
+    assert set(events[-1].losses) == set(LOSS_NAMES)
+    assert events[-1].finished and not any(e.finished for e in events[:-1])
+    assert events[-1].model_path == output and output.is_file()
+    assert events[-1].checkpoint.is_file()
+    assert all(e.seconds_left >= 0 for e in events)
+    model = load_model(output)
+    assert model.info["steps"] == 6
+
+
+def test_preview_shows_g_and_f_on_fixed_patches_in_domain_values(tmp_path, gray_domains):
+    events = list(train(*gray_domains, tiny_config(), output=tmp_path / "m.safetensors"))
+    previews = [e.preview for e in events if e.preview is not None]
+    assert len(previews) == 3  # steps 2, 4, 6
+    for preview in previews:
+        assert set(preview) == {"real_A", "fake_B", "real_B", "fake_A"}
+        assert preview["fake_B"].shape == (1, 32, 32)
+        assert preview["fake_B"].dtype == np.uint8
+    assert np.array_equal(previews[0]["real_A"], previews[-1]["real_A"])
+    assert not np.array_equal(previews[0]["fake_B"], previews[-1]["fake_B"])
+
+
+def test_learning_rate_is_constant_then_decays_linearly_toward_zero(gray_domains, tmp_path):
+    config = tiny_config(n_steps=4, n_steps_decay=4, learning_rate=1e-3)
+    trainer = Trainer(*gray_domains, config, output=tmp_path / "m.safetensors")
+    rates = [trainer.learning_rate(step) for step in range(8)]
+    assert rates[:3] == [1e-3] * 3
+    steps = np.diff(rates[3:])
+    assert np.allclose(steps, steps[0]) and steps[0] < 0
+    assert 0 < rates[-1] < 1e-3 / 4
+
+
+def test_stop_finishes_the_step_saves_and_yields_a_final_event(tmp_path, gray_domains):
+    output = tmp_path / "stopped.safetensors"
+    trainer = Trainer(*gray_domains, tiny_config(n_steps=50), output=output)
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if event.step == 2:
+            trainer.stop()
+    assert [e.step for e in events] == [1, 2, 2]
+    assert events[-1].finished and events[-1].model_path == output
+    assert load_model(output).info["steps"] == 2
+
+
+def test_abandoning_the_loop_keeps_a_usable_model(tmp_path, gray_domains):
+    output = tmp_path / "abandoned.safetensors"
+    for event in train(*gray_domains, tiny_config(n_steps=50), output=output):
+        if event.step == 3:
+            break
+    model = load_model(output)
+    assert model.info["steps"] == 3
+    assert load_checkpoint(tmp_path / "abandoned.checkpoint.pt")["step"] == 3
+
+
+def test_checkpoints_are_written_every_n_steps(tmp_path, gray_domains):
+    config = tiny_config(checkpoint_every=2, n_steps=5, n_steps_decay=0)
+    events = list(train(*gray_domains, config, output=tmp_path / "m.safetensors"))
+    assert [e.step for e in events if e.checkpoint] == [2, 4, 5]
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    n = trainer.networks
+    return {
+        f"{name}.{key}": value.clone()
+        for name, network in (
+            ("G", n.generator_ab),
+            ("F", n.generator_ba),
+            ("D_A", n.discriminator_a),
+            ("D_B", n.discriminator_b),
+        )
+        for key, value in network.state_dict().items()
+    }
+
+
+def test_resume_continues_exactly(tmp_path, gray_domains):
+    config = tiny_config(n_steps=3, n_steps_decay=3, deterministic=True, pool_size=2)
+    config.model.dropout = True  # dropout draws from torch's RNG: its state must resume too
+    straight = Trainer(*gray_domains, config, output=tmp_path / "straight.safetensors")
+    list(straight.run())
+
+    first = Trainer(*gray_domains, config, output=tmp_path / "resumed.safetensors")
+    for event in first.run():
+        if event.step == 3:
+            first.stop()
+    resumed = Trainer(
+        *gray_domains,
+        config,
+        output=tmp_path / "resumed.safetensors",
+        resume=tmp_path / "resumed.checkpoint.pt",
+    )
+    assert resumed.step == 3
+    assert [e.step for e in resumed.run()] == [4, 5, 6]
+
+    expected, actual = _weights(straight), _weights(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_resume_refuses_domains_with_other_channels(tmp_path, gray_domains):
+    output = tmp_path / "m.safetensors"
+    list(train(*gray_domains, tiny_config(), output=output))
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match="has 3 channel"):
+        Trainer(rgb, gray_domains[1], tiny_config(), resume=tmp_path / "m.checkpoint.pt")
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(
+    tmp_path, gray_domains, monkeypatch
+):
+    config = tiny_config(checkpoint_every=2, n_steps=10)
+    trainer = Trainer(*gray_domains, config, output=tmp_path / "m.safetensors")
+    original_step = trainer._train_step
+
+    def step_that_diverges(real_a, real_b):
+        losses = original_step(real_a, real_b)
+        if trainer.step >= 2:  # the third step goes wrong
+            losses["cycle_A"] = torch.tensor(float("nan"))
+        return losses
+
+    monkeypatch.setattr(trainer, "_train_step", step_that_diverges)
+    with pytest.raises(TrainingDiverged, match="cycle_A is not finite"):
+        list(trainer.run())
+    assert load_checkpoint(tmp_path / "m.checkpoint.pt")["step"] == 2
+
+
+def test_identity_loss_is_off_when_channel_counts_differ(tmp_path, gray_domains):
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    events = list(train(gray_domains[0], rgb, tiny_config(), output=tmp_path / "m.safetensors"))
+    assert events[-1].losses["identity_A"] == 0.0
+    assert events[-1].preview["fake_B"].shape == (3, 32, 32)
