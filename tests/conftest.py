@@ -34,3 +34,24 @@ def gray_domains() -> tuple[np.ndarray, np.ndarray]:
     domain_a = rng.integers(0, 200, (3, 48, 56), dtype=np.uint8)
     domain_b = (rng.integers(0, 55, (2, 40, 64)) + 200).astype(np.uint8)
     return domain_a, domain_b
+
+
+def assert_trained_alike(expected: dict, actual: dict, learning_rate: float, steps: int) -> None:
+    """Assert two runs' weights agree within float tolerance *as Adam sees it*.
+
+    Adam moves every parameter by about ±learning_rate per step whatever the size of
+    its gradient, so a gradient that is zero up to rounding (the bias of a conv before
+    an instance norm, which the norm removes) takes a random sign and a full step.
+    Hence: every weight agrees within 2·lr per step, and all but a tiny fraction of
+    the conv weights (not biases) agree to 1e-5.
+    """
+    assert expected.keys() == actual.keys()
+    bound = 2 * learning_rate * steps + 1e-6
+    mismatched = total = 0
+    for key, value in expected.items():
+        difference = (actual[key].float() - value.float()).abs()
+        assert difference.max() <= bound, f"{key} differs by {difference.max():.3g}"
+        if key.endswith("weight") and value.ndim == 4:
+            mismatched += int((difference > 1e-5).sum())
+            total += value.numel()
+    assert mismatched / total < 0.01, f"{mismatched} of {total} weights differ"

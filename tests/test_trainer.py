@@ -7,9 +7,15 @@ import pytest
 import torch
 
 from napari_cyclestyle.model_file import load_checkpoint, load_model
-from napari_cyclestyle.trainer import LOSS_NAMES, Trainer, TrainingDiverged, train
+from napari_cyclestyle.trainer import (
+    LOSS_NAMES,
+    Trainer,
+    TrainingDiverged,
+    TrainingOutOfMemory,
+    train,
+)
 
-from .conftest import tiny_config
+from .conftest import assert_trained_alike, tiny_config
 
 
 def test_training_yields_one_event_per_step_and_writes_the_model(tmp_path, gray_domains):
@@ -149,3 +155,30 @@ def test_identity_loss_is_off_when_channel_counts_differ(tmp_path, gray_domains)
     events = list(train(gray_domains[0], rgb, tiny_config(), output=tmp_path / "m.safetensors"))
     assert events[-1].losses["identity_A"] == 0.0
     assert events[-1].preview["fake_B"].shape == (3, 32, 32)
+
+
+def test_batched_forward_gives_the_same_weights_as_one_call_per_image_set(tmp_path):
+    rng = np.random.default_rng(3)
+    domains = (rng.integers(0, 256, (40, 40), np.uint8), rng.integers(0, 256, (40, 40), np.uint8))
+    trained = {}
+    for batched in (False, True):
+        config = tiny_config(n_steps=3, n_steps_decay=0, batch_size=2, batched_forward=batched)
+        trainer = Trainer(*domains, config, output=tmp_path / f"{batched}.safetensors")
+        list(trainer.run())
+        trained[batched] = _weights(trainer)
+    assert_trained_alike(trained[False], trained[True], 2e-4, steps=3)
+
+
+def test_out_of_memory_becomes_advice_and_keeps_the_steps_done(tmp_path, gray_domains):
+    trainer = Trainer(*gray_domains, tiny_config(n_steps=10), output=tmp_path / "m.safetensors")
+    original_step = trainer._train_step
+
+    def step_that_runs_out_of_memory(real_a, real_b):
+        if trainer.step == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original_step(real_a, real_b)
+
+    trainer._train_step = step_that_runs_out_of_memory
+    with pytest.raises(TrainingOutOfMemory, match="smaller crop_size or batch_size"):
+        list(trainer.run())
+    assert load_model(tmp_path / "m.safetensors").info["steps"] == 2

@@ -18,6 +18,7 @@ DISCRIMINATORS = ("basic", "n_layers", "pixel")
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -127,6 +128,17 @@ class TrainConfig:
         Attach preview images to an event every this many steps (0: never).
     log_every : int
         Read the losses back from the device (a host sync) every this many steps.
+    batched_forward : bool
+        Run each generator and discriminator on one concatenated batch per phase of a
+        step instead of one call per image set: the same mathematics with fewer, larger
+        operations (faster on small images). Ignored with batch norm, whose statistics
+        would mix the sets.
+    precision : str
+        ``auto``: mixed precision on CUDA (bf16 where supported, else fp16 with a
+        gradient scaler), fp32 elsewhere; ``fp32``; ``bf16``; ``fp16`` (CUDA only).
+    cudnn_benchmark : bool
+        Let cuDNN pick the fastest convolution algorithms (CUDA; not with
+        ``deterministic``).
     """
 
     n_steps: int = 100
@@ -148,9 +160,16 @@ class TrainConfig:
     checkpoint_every: int = 500
     preview_every: int = 50
     log_every: int = 10
+    batched_forward: bool = True
+    precision: str = "auto"
+    cudnn_benchmark: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GAN_MODES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        for name in ("flip", "deterministic", "batched_forward", "cudnn_benchmark"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         _check_choice("device", self.device, DEVICES)
         for name in ("n_steps", "n_steps_decay", "pool_size", "seed"):
             _check_int(name, getattr(self, name))
@@ -246,8 +265,13 @@ class Config:
                 data = yaml.safe_load(text) or {}
             except yaml.YAMLError as error:
                 raise ConfigError(f"{path} is not valid YAML: {error}") from error
-            return cls.from_dict(data)
-        return cls.from_json(text)
+            parse, argument = cls.from_dict, data
+        else:
+            parse, argument = cls.from_json, text
+        try:
+            return parse(argument)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
 
 
 def _from_dict(kind: type, data: Any, section: str) -> Any:

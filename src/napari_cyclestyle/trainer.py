@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .config import Config
 from .data import Domain
-from .devices import resolve_device
+from .distributed import wrap
 from .intensity import IntensityNorm
 from .losses import GANLoss, ImagePool, cycle_loss
 from .model import CycleStyleModel, build_generators
@@ -46,10 +47,15 @@ LOSS_NAMES = (
     "D_A",
     "D_B",
 )
+_GENERATOR_LOSSES = LOSS_NAMES[:6]
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """The device ran out of memory; the message says what to make smaller."""
 
 
 @dataclass
@@ -100,10 +106,21 @@ class TrainEvent:
 
 @dataclass
 class _Networks:
+    """The four networks, as built (their state dicts are what files hold)."""
+
     generator_ab: nn.Module
     generator_ba: nn.Module
     discriminator_a: nn.Module
     discriminator_b: nn.Module
+
+    def named(self) -> dict[str, nn.Module]:
+        """Networks by the names checkpoints use."""
+        return {
+            "G": self.generator_ab,
+            "F": self.generator_ba,
+            "D_A": self.discriminator_a,
+            "D_B": self.discriminator_b,
+        }
 
 
 class Trainer:
@@ -172,7 +189,12 @@ class Trainer:
             Path(output) if output is not None else Path("cyclestyle-model" + MODEL_SUFFIX)
         )
         self.checkpoint_path = self.output.with_name(self.output.stem + CHECKPOINT_SUFFIX)
-        self.device = resolve_device(config.train.device)
+        self.context, self.device = distributed.setup(config.train.device)
+        if config.train.batch_size % self.context.world_size:
+            raise ValueError(
+                f"batch_size {config.train.batch_size} is the global batch: it must be a "
+                f"multiple of the {self.context.world_size} training processes."
+            )
         self._stop_requested = False
         self.step = 0
         self.last_losses: dict[str, float] = {}
@@ -180,56 +202,93 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _build(self, checkpoint: dict | None) -> None:
-        train = self.config.train
+        train, model = self.config.train, self.config.model
         if train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        elif self.device.type == "cuda" and train.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(train.seed)
-        generator_ab, generator_ba = build_generators(self.config.model)
-        model = self.config.model
-        discriminator_a = build_discriminator(
-            model.discriminator,
-            model.channels_a,
-            model.ndf,
-            model.n_layers_discriminator,
-            model.norm,
-        )
-        discriminator_b = build_discriminator(
-            model.discriminator,
-            model.channels_b,
-            model.ndf,
-            model.n_layers_discriminator,
-            model.norm,
+        generator_ab, generator_ba = build_generators(model)
+        discriminator_a, discriminator_b = (
+            build_discriminator(
+                model.discriminator, channels, model.ndf, model.n_layers_discriminator, model.norm
+            )
+            for channels in (model.channels_a, model.channels_b)
         )
         self.networks = _Networks(generator_ab, generator_ba, discriminator_a, discriminator_b)
-        for network in self._all_networks():
+        for network in self.networks.named().values():
             init_weights(network)
             network.to(self.device).train()
+        if checkpoint is not None:
+            for name, network in self.networks.named().items():
+                network.load_state_dict(checkpoint["networks"][name])
+        # What the step calls: DistributedDataParallel wrappers under torchrun.
+        self._train_networks = _Networks(
+            *(
+                wrap(network, self.context, self.device)
+                for network in self.networks.named().values()
+            )
+        )
+        self.batched_forward = train.batched_forward and model.norm != "batch"
+        self.use_identity = train.lambda_identity > 0 and model.channels_a == model.channels_b
+        self._setup_precision()
+        fused = self.device.type in ("cpu", "cuda")
         betas = (train.beta1, train.beta2)
-        generator_params = [*generator_ab.parameters(), *generator_ba.parameters()]
-        discriminator_params = [*discriminator_a.parameters(), *discriminator_b.parameters()]
-        self.optimizer_g = torch.optim.Adam(generator_params, train.learning_rate, betas)
-        self.optimizer_d = torch.optim.Adam(discriminator_params, train.learning_rate, betas)
+        self.optimizer_g = torch.optim.Adam(
+            [*generator_ab.parameters(), *generator_ba.parameters()],
+            train.learning_rate,
+            betas,
+            fused=fused,
+        )
+        self.optimizer_d = torch.optim.Adam(
+            [*discriminator_a.parameters(), *discriminator_b.parameters()],
+            train.learning_rate,
+            betas,
+            fused=fused,
+        )
         self.gan_loss = GANLoss(train.gan_mode)
-        self.pool_a = ImagePool(train.pool_size, torch.Generator().manual_seed(train.seed + 1))
-        self.pool_b = ImagePool(train.pool_size, torch.Generator().manual_seed(train.seed + 2))
-        self.rng = np.random.default_rng(train.seed)
-        preview_rng = np.random.default_rng(train.seed + 12345)
+        rank = self.context.rank
+        self.pool_a = ImagePool(
+            train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 1)
+        )
+        self.pool_b = ImagePool(
+            train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 2)
+        )
+        # One random stream per patch of the global batch: a patch is the same whichever
+        # process draws it, so N processes train exactly like one with the same batch.
+        local_batch = train.batch_size // self.context.world_size
+        self.data_streams = {
+            slot: np.random.default_rng([train.seed, slot])
+            for slot in range(rank * local_batch, (rank + 1) * local_batch)
+        }
+        preview_rng = np.random.default_rng([train.seed, 12345])
         self.preview_a = torch.from_numpy(
             self.domain_a.sample(preview_rng, 1, train.crop_size, augment=False)
         )
         self.preview_b = torch.from_numpy(
             self.domain_b.sample(preview_rng, 1, train.crop_size, augment=False)
         )
-        self.use_identity = (
-            train.lambda_identity > 0
-            and self.config.model.channels_a == self.config.model.channels_b
-        )
         if checkpoint is not None:
             self._restore(checkpoint)
 
-    def _all_networks(self) -> list[nn.Module]:
-        n = self.networks
-        return [n.generator_ab, n.generator_ba, n.discriminator_a, n.discriminator_b]
+    def _setup_precision(self) -> None:
+        precision = self.config.train.precision
+        on_cuda = self.device.type == "cuda"
+        if precision == "auto":
+            if not on_cuda:
+                precision = "fp32"
+            else:
+                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if precision == "fp16" and not on_cuda:
+            raise ValueError("precision='fp16' needs a CUDA device; use 'fp32' or 'auto'.")
+        self.precision = precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    @property
+    def is_main_process(self) -> bool:
+        """False on the helper ranks of a ``torchrun`` run (they write and log nothing)."""
+        return self.context.is_main
 
     # ------------------------------------------------------------------ schedule
     def learning_rate(self, step: int) -> float:
@@ -239,66 +298,110 @@ class Trainer:
         return train.learning_rate * (1.0 - decay)
 
     # ------------------------------------------------------------------ one step
+    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        train = self.config.train
+        batches = []
+        for domain in (self.domain_a, self.domain_b):
+            patches = [
+                domain.sample(stream, 1, train.crop_size, train.flip)
+                for stream in self.data_streams.values()
+            ]
+            batches.append(torch.from_numpy(np.concatenate(patches)).to(self.device))
+        return batches[0], batches[1]
+
+    def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """fake_B = G(a), rec_A = F(G(a)), fake_A = F(b), rec_B = G(F(b)) and identities.
+
+        With ``batched_forward`` each generator runs on the concatenation of its inputs
+        (per-image norms make that the same mathematics in fewer, larger operations).
+        """
+        n = self._train_networks
+        out: dict[str, torch.Tensor] = {}
+        if self.batched_forward:
+            inputs = [real_b, real_a] if self.use_identity else [real_b]
+            f_outputs = n.generator_ba(torch.cat(inputs)).split(len(real_b))
+            out["fake_A"] = f_outputs[0]
+            inputs = [real_a, out["fake_A"]] + ([real_b] if self.use_identity else [])
+            g_outputs = n.generator_ab(torch.cat(inputs)).split(len(real_a))
+            out["fake_B"], out["rec_B"] = g_outputs[0], g_outputs[1]
+            out["rec_A"] = n.generator_ba(out["fake_B"])
+            if self.use_identity:
+                out["idt_A"], out["idt_B"] = f_outputs[1], g_outputs[2]
+        else:
+            out["fake_B"] = n.generator_ab(real_a)
+            out["rec_A"] = n.generator_ba(out["fake_B"])
+            out["fake_A"] = n.generator_ba(real_b)
+            out["rec_B"] = n.generator_ab(out["fake_A"])
+            if self.use_identity:
+                out["idt_A"] = n.generator_ba(real_a)
+                out["idt_B"] = n.generator_ab(real_b)
+        return out
+
+    def _discriminate(self, network: nn.Module, real: torch.Tensor, fake: torch.Tensor):
+        """The discriminator's predictions on real and fake images (one call if batched)."""
+        if self.batched_forward:
+            return network(torch.cat([real, fake])).split(len(real))
+        return network(real), network(fake)
+
     def _train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = self.networks
+        n, raw = self._train_networks, self.networks
         train = self.config.train
         lr = self.learning_rate(self.step)
         for optimizer in (self.optimizer_g, self.optimizer_d):
             for group in optimizer.param_groups:
                 group["lr"] = lr
+        autocast = torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
 
         # Generators: fool the discriminators, close both cycles, keep identities.
-        for network in (n.discriminator_a, n.discriminator_b):
+        # The discriminators are frozen and called unwrapped: no gradient of theirs to sync.
+        for network in (raw.discriminator_a, raw.discriminator_b):
             network.requires_grad_(False)
-        fake_b = n.generator_ab(real_a)
-        reconstructed_a = n.generator_ba(fake_b)
-        fake_a = n.generator_ba(real_b)
-        reconstructed_b = n.generator_ab(fake_a)
-        losses: dict[str, torch.Tensor] = {}
-        zero = real_a.new_zeros(())
-        if self.use_identity:
-            losses["identity_A"] = (
-                cycle_loss(n.generator_ba(real_a), real_a)
-                * train.lambda_cycle_a
-                * train.lambda_identity
-            )
-            losses["identity_B"] = (
-                cycle_loss(n.generator_ab(real_b), real_b)
-                * train.lambda_cycle_b
-                * train.lambda_identity
-            )
-        else:
-            losses["identity_A"] = losses["identity_B"] = zero
-        losses["G_adversarial"] = self.gan_loss(n.discriminator_b(fake_b), True)
-        losses["F_adversarial"] = self.gan_loss(n.discriminator_a(fake_a), True)
-        losses["cycle_A"] = cycle_loss(reconstructed_a, real_a) * train.lambda_cycle_a
-        losses["cycle_B"] = cycle_loss(reconstructed_b, real_b) * train.lambda_cycle_b
-        generator_total = sum(
-            losses[k]
-            for k in ("G_adversarial", "F_adversarial", "cycle_A", "cycle_B")
-            + ("identity_A", "identity_B")
-        )
+        with autocast:
+            out = self._generate(real_a, real_b)
+            losses: dict[str, torch.Tensor] = {}
+            if self.use_identity:
+                weight = train.lambda_identity
+                losses["identity_A"] = (
+                    cycle_loss(out["idt_A"], real_a) * train.lambda_cycle_a * weight
+                )
+                losses["identity_B"] = (
+                    cycle_loss(out["idt_B"], real_b) * train.lambda_cycle_b * weight
+                )
+            else:
+                losses["identity_A"] = losses["identity_B"] = real_a.new_zeros(())
+            losses["G_adversarial"] = self.gan_loss(raw.discriminator_b(out["fake_B"]), True)
+            losses["F_adversarial"] = self.gan_loss(raw.discriminator_a(out["fake_A"]), True)
+            losses["cycle_A"] = cycle_loss(out["rec_A"], real_a) * train.lambda_cycle_a
+            losses["cycle_B"] = cycle_loss(out["rec_B"], real_b) * train.lambda_cycle_b
+            generator_total = sum(losses[name] for name in _GENERATOR_LOSSES)
         self.optimizer_g.zero_grad(set_to_none=True)
-        generator_total.backward()
-        self.optimizer_g.step()
+        self._backward_and_step(generator_total, self.optimizer_g)
 
-        # Discriminators: real vs. a history of fakes.
-        for network in (n.discriminator_a, n.discriminator_b):
+        # Discriminators: real images against a history of fakes.
+        for network in (raw.discriminator_a, raw.discriminator_b):
             network.requires_grad_(True)
-        pooled_b = self.pool_b.query(fake_b)
-        pooled_a = self.pool_a.query(fake_a)
-        losses["D_B"] = 0.5 * (
-            self.gan_loss(n.discriminator_b(real_b), True)
-            + self.gan_loss(n.discriminator_b(pooled_b), False)
-        )
-        losses["D_A"] = 0.5 * (
-            self.gan_loss(n.discriminator_a(real_a), True)
-            + self.gan_loss(n.discriminator_a(pooled_a), False)
-        )
+        with autocast:
+            for name, network, real, fake, pool in (
+                ("D_A", n.discriminator_a, real_a, out["fake_A"], self.pool_a),
+                ("D_B", n.discriminator_b, real_b, out["fake_B"], self.pool_b),
+            ):
+                on_real, on_fake = self._discriminate(network, real, pool.query(fake))
+                losses[name] = 0.5 * (self.gan_loss(on_real, True) + self.gan_loss(on_fake, False))
         self.optimizer_d.zero_grad(set_to_none=True)
-        (losses["D_A"] + losses["D_B"]).backward()
-        self.optimizer_d.step()
+        self._backward_and_step(losses["D_A"] + losses["D_B"], self.optimizer_d)
+        if self.scaler is not None:
+            self.scaler.update()
         return {name: losses[name].detach() for name in LOSS_NAMES}
+
+    def _backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
 
     # ------------------------------------------------------------------ the loop
     def stop(self) -> None:
@@ -322,15 +425,9 @@ class Trainer:
         finished = False
         step_losses: dict[str, torch.Tensor] = {}
         try:
-            while self.step < total and not self._stop_requested:
-                real_a = torch.from_numpy(
-                    self.domain_a.sample(self.rng, train.batch_size, train.crop_size, train.flip)
-                ).to(self.device, non_blocking=True)
-                real_b = torch.from_numpy(
-                    self.domain_b.sample(self.rng, train.batch_size, train.crop_size, train.flip)
-                ).to(self.device, non_blocking=True)
+            while self.step < total and not self._stop_everywhere():
                 lr = self.learning_rate(self.step)
-                step_losses = self._train_step(real_a, real_b)
+                step_losses = self._guarded_step()
                 self.step += 1
                 last = self.step == total
                 losses = None
@@ -339,28 +436,70 @@ class Trainer:
                 checkpoint = None
                 if train.checkpoint_every and self.step % train.checkpoint_every == 0 and not last:
                     checkpoint = self.save_checkpoint()
-                preview = None
-                if train.preview_every and (self.step % train.preview_every == 0 or last):
-                    preview = self.preview()
                 finished = last
+                preview = self._maybe_preview(last)
                 yield self._event(start_step, start_time, lr, losses, preview, checkpoint, last)
             if not finished:  # stop() was called between two steps
                 finished = True
                 losses = self._read_losses(step_losses) if step_losses else None
-                preview = self.preview() if train.preview_every else None
                 lr = self.learning_rate(max(self.step - 1, 0))
+                preview = self._maybe_preview(True)
                 yield self._event(start_step, start_time, lr, losses, preview, None, True)
         except TrainingDiverged:
-            finished = True
+            finished = True  # keep the last good files rather than diverged weights
             raise
         finally:
             # Reached when the consumer abandons the loop (break, close, an exception).
             if not finished and self.step > start_step:
-                self.save()
+                try:
+                    self.save()
+                except Exception as error:  # do not hide the error that got us here
+                    warnings.warn(
+                        f"Could not save the model on the way out: {error}", stacklevel=2
+                    )
+
+    def _stop_everywhere(self) -> bool:
+        """Whether to stop now; under torchrun, all ranks stop together."""
+        self._stop_requested = distributed.any_rank(
+            self._stop_requested, self.context, self.device
+        )
+        return self._stop_requested
+
+    def _guarded_step(self) -> dict[str, torch.Tensor]:
+        """One training step; running out of memory becomes advice, not a traceback."""
+        try:
+            real_a, real_b = self._sample()
+            return self._train_step(real_a, real_b)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            text = str(error)
+            if not isinstance(error, torch.OutOfMemoryError) and not any(
+                phrase in text
+                for phrase in ("out of memory", "not enough memory", "can't allocate")
+            ):
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            train = self.config.train
+            raise TrainingOutOfMemory(
+                f"Out of memory on {self.device} at step {self.step + 1} (crop_size "
+                f"{train.crop_size}, batch_size {train.batch_size}, ngf "
+                f"{self.config.model.ngf}). Try a smaller crop_size or batch_size, a "
+                "narrower network (ngf/ndf), or another device; the model and checkpoint "
+                "of the steps done so far are saved."
+            ) from error
+
+    def _maybe_preview(self, last: bool) -> dict[str, np.ndarray] | None:
+        every = self.config.train.preview_every
+        if not self.is_main_process or not every or not (last or self.step % every == 0):
+            return None
+        return self.preview()
 
     def _read_losses(self, step_losses: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Bring the losses to the host (a device sync) and check they are finite."""
-        losses = {name: float(value) for name, value in step_losses.items()}
+        """Bring the losses (averaged over ranks) to the host and check they are finite."""
+        stacked = distributed.mean_over_ranks(
+            torch.stack([step_losses[name].float() for name in LOSS_NAMES]), self.context
+        )
+        losses = dict(zip(LOSS_NAMES, stacked.tolist(), strict=True))
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise TrainingDiverged(
@@ -431,51 +570,68 @@ class Trainer:
         )
 
     def save(self) -> Path:
-        """Write the model file and a checkpoint; return the model file's path."""
+        """Write the model file and a checkpoint; return the model file's path.
+
+        Under torchrun every rank must call this; rank 0 alone writes.
+        """
         self.save_checkpoint()
-        return save_model(self.model, self.output)
+        if self.is_main_process:
+            save_model(self.model, self.output)
+        distributed.barrier(self.context)
+        return self.output
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write everything exact resume needs (atomically) and return its path."""
-        n = self.networks
-        state = {
-            "format": FORMAT_NAME + "-checkpoint",
-            "version": __version__,
-            "step": self.step,
-            "config": self.config.to_json(),
-            "norm_a": json.dumps(self.domain_a.norm.to_dict()),
-            "norm_b": json.dumps(self.domain_b.norm.to_dict()),
-            "networks": {
-                "G": n.generator_ab.state_dict(),
-                "F": n.generator_ba.state_dict(),
-                "D_A": n.discriminator_a.state_dict(),
-                "D_B": n.discriminator_b.state_dict(),
+        """Write everything exact resume needs (atomically) and return its path.
+
+        Under torchrun every rank must call this (the random streams and pools of all
+        ranks are gathered); rank 0 alone writes.
+        """
+        path = Path(path or self.checkpoint_path)
+        local = {
+            "streams": {
+                str(slot): json.dumps(stream.bit_generator.state)
+                for slot, stream in self.data_streams.items()
             },
-            "optimizer_g": self.optimizer_g.state_dict(),
-            "optimizer_d": self.optimizer_d.state_dict(),
-            "pool_a": self.pool_a.state_dict(),
-            "pool_b": self.pool_b.state_dict(),
-            "data_rng": json.dumps(self.rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "last_losses": json.dumps(self.last_losses),
+            "pools": {"A": self.pool_a.state_dict(), "B": self.pool_b.state_dict()},
         }
-        return save_checkpoint(state, path or self.checkpoint_path)
+        ranks = distributed.all_gather(local, self.context)
+        if self.is_main_process:
+            state = {
+                "format": FORMAT_NAME + "-checkpoint",
+                "version": __version__,
+                "step": self.step,
+                "config": self.config.to_json(),
+                "norm_a": json.dumps(self.domain_a.norm.to_dict()),
+                "norm_b": json.dumps(self.domain_b.norm.to_dict()),
+                "networks": {
+                    name: network.state_dict() for name, network in self.networks.named().items()
+                },
+                "optimizer_g": self.optimizer_g.state_dict(),
+                "optimizer_d": self.optimizer_d.state_dict(),
+                "data_streams": json.dumps(
+                    {slot: value for rank in ranks for slot, value in rank["streams"].items()}
+                ),
+                "pools": [rank["pools"] for rank in ranks],
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "last_losses": json.dumps(self.last_losses),
+            }
+            save_checkpoint(state, path)
+        distributed.barrier(self.context)
+        return path
 
     def _restore(self, state: dict) -> None:
-        n = self.networks
-        for key, network in (
-            ("G", n.generator_ab),
-            ("F", n.generator_ba),
-            ("D_A", n.discriminator_a),
-            ("D_B", n.discriminator_b),
-        ):
-            network.load_state_dict(state["networks"][key])
+        """Continue from a checkpoint (the networks' weights are loaded before wrapping)."""
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
-        self.pool_a.load_state_dict(state["pool_a"], self.device)
-        self.pool_b.load_state_dict(state["pool_b"], self.device)
-        self.rng.bit_generator.state = json.loads(state["data_rng"])
+        # Another world size redistributes the patches' streams and the ranks' pools.
+        streams = json.loads(state["data_streams"])
+        for slot, stream in self.data_streams.items():
+            if str(slot) in streams:
+                stream.bit_generator.state = json.loads(streams[str(slot)])
+        pools = state["pools"][self.context.rank % len(state["pools"])]
+        self.pool_a.load_state_dict(pools["A"], self.device)
+        self.pool_b.load_state_dict(pools["B"], self.device)
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

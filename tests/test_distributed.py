@@ -1,0 +1,74 @@
+"""Data-parallel training under torchrun (2 CPU processes, gloo on loopback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from napari_cyclestyle.model_file import load_model
+from napari_cyclestyle.trainer import Trainer
+
+from .conftest import assert_trained_alike, tiny_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = """
+import sys
+import numpy as np
+from napari_cyclestyle.trainer import Trainer
+from tests.conftest import tiny_config
+
+rng = np.random.default_rng(0)
+domain_a = rng.integers(0, 200, (3, 48, 56), dtype=np.uint8)
+domain_b = (rng.integers(0, 55, (2, 40, 64)) + 200).astype(np.uint8)
+config = tiny_config(n_steps=3, n_steps_decay=1, batch_size=2, pool_size=0, deterministic=True)
+trainer = Trainer(domain_a, domain_b, config, output=sys.argv[1])
+for event in trainer.run():
+    if trainer.is_main_process:
+        print(f"step {event.step}", flush=True)
+print(f"rank done {trainer.context.rank} {trainer.context.world_size}", flush=True)
+"""
+
+
+def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+    script = tmp_path / "train_ddp.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    output = tmp_path / "ddp" / "model.safetensors"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+        str(output),
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=environment
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank done 0 2" in result.stdout and "rank done 1 2" in result.stdout
+    assert result.stdout.count("step 4") == 1, result.stdout  # only rank 0 logs
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "model.checkpoint.pt",
+        "model.safetensors",
+    ]
+
+    rng = np.random.default_rng(0)
+    domain_a = rng.integers(0, 200, (3, 48, 56), dtype=np.uint8)
+    domain_b = (rng.integers(0, 55, (2, 40, 64)) + 200).astype(np.uint8)
+    config = tiny_config(n_steps=3, n_steps_decay=1, batch_size=2, pool_size=0, deterministic=True)
+    single = Trainer(domain_a, domain_b, config, output=tmp_path / "single.safetensors")
+    list(single.run())
+
+    distributed_model = load_model(output)
+    for name in ("generator_ab", "generator_ba"):
+        expected = getattr(single.networks, name).state_dict()
+        actual = getattr(distributed_model, name).state_dict()
+        assert_trained_alike(expected, actual, config.train.learning_rate, steps=4)
