@@ -17,6 +17,7 @@ from .conftest import assert_trained_alike, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = """
+import shutil
 import sys
 import numpy as np
 from napari_cyclestyle.trainer import Trainer
@@ -25,16 +26,20 @@ from tests.conftest import tiny_config
 rng = np.random.default_rng(0)
 domain_a = rng.integers(0, 200, (3, 48, 56), dtype=np.uint8)
 domain_b = (rng.integers(0, 55, (2, 40, 64)) + 200).astype(np.uint8)
-config = tiny_config(n_steps=3, n_steps_decay=1, batch_size=2, pool_size=0, deterministic=True)
+config = tiny_config(
+    n_steps=3, n_steps_decay=1, batch_size=2, pool_size=0, deterministic=True, checkpoint_every=2
+)
 trainer = Trainer(domain_a, domain_b, config, output=sys.argv[1])
 for event in trainer.run():
     if trainer.is_main_process:
         print(f"step {event.step}", flush=True)
+        if event.step == 2:
+            shutil.copy(event.checkpoint, sys.argv[2])
 print(f"rank done {trainer.context.rank} {trainer.context.world_size}", flush=True)
 """
 
 
-def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+def test_torchrun_two_processes_train_like_one_and_resume_in_one(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(textwrap.dedent(SCRIPT))
     output = tmp_path / "ddp" / "model.safetensors"
@@ -47,6 +52,7 @@ def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tmp_pa
         "2",
         str(script),
         str(output),
+        str(tmp_path / "step2.checkpoint.pt"),
     ]
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -66,9 +72,20 @@ def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tmp_pa
     config = tiny_config(n_steps=3, n_steps_decay=1, batch_size=2, pool_size=0, deterministic=True)
     single = Trainer(domain_a, domain_b, config, output=tmp_path / "single.safetensors")
     list(single.run())
+    # A checkpoint written by two processes resumes in one (another world size).
+    resumed = Trainer(
+        domain_a,
+        domain_b,
+        config,
+        output=tmp_path / "resumed.safetensors",
+        resume=tmp_path / "step2.checkpoint.pt",
+    )
+    assert [event.step for event in resumed.run()] == [3, 4]
 
     distributed_model = load_model(output)
     for name in ("generator_ab", "generator_ba"):
         expected = getattr(single.networks, name).state_dict()
         actual = getattr(distributed_model, name).state_dict()
+        assert_trained_alike(expected, actual, config.train.learning_rate, steps=4)
+        actual = getattr(resumed.networks, name).state_dict()
         assert_trained_alike(expected, actual, config.train.learning_rate, steps=4)
