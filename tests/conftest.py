@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from napari_cyclestyle.config import Config, ModelConfig, TrainConfig
+
+# The tests' networks are tiny: one thread is as fast, and never oversubscribes the
+# CPU when other processes (torchrun ranks, CLI subprocesses) run beside the tests.
+torch.set_num_threads(1)
 
 
 def tiny_config(**train_overrides) -> Config:

@@ -89,3 +89,32 @@ def test_torchrun_two_processes_train_like_one_and_resume_in_one(tmp_path):
         assert_trained_alike(expected, actual, config.train.learning_rate, steps=4)
         actual = getattr(resumed.networks, name).state_dict()
         assert_trained_alike(expected, actual, config.train.learning_rate, steps=4)
+
+
+def test_the_train_command_runs_unchanged_under_torchrun(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for index in range(2):
+            image = rng.integers(0, 255, (40, 48), dtype=np.uint8)
+            tifffile.imwrite(tmp_path / name / f"{index}.tif", image)
+    output = tmp_path / "out" / "model.safetensors"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "napari_cyclestyle.cli", "train",
+        "--domain-a", str(tmp_path / "a"), "--domain-b", str(tmp_path / "b"),
+        "--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--crop-size", "32",
+        "--batch-size", "2", "--steps", "2", "--decay-steps", "0", "--device", "cpu",
+        "--output", str(output),
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("Done: model saved") == 1
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "model.checkpoint.pt",
+        "model.safetensors",
+    ]
+    assert load_model(output).info["steps"] == 2

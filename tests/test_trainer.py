@@ -182,3 +182,20 @@ def test_out_of_memory_becomes_advice_and_keeps_the_steps_done(tmp_path, gray_do
     with pytest.raises(TrainingOutOfMemory, match="smaller crop_size or batch_size"):
         list(trainer.run())
     assert load_model(tmp_path / "m.safetensors").info["steps"] == 2
+
+
+def test_a_crop_the_generator_cannot_take_is_refused_up_front(gray_domains):
+    config = tiny_config(crop_size=64)
+    config.model.generator = "unet_128"
+    with pytest.raises(ValueError, match="use a multiple of 128"):
+        Trainer(*gray_domains, config)
+
+
+def test_resume_without_a_config_continues_with_the_checkpoints_settings(tmp_path, gray_domains):
+    output = tmp_path / "m.safetensors"
+    for event in train(*gray_domains, tiny_config(n_steps=5, crop_size=24), output=output):
+        if event.step == 2:
+            break
+    resumed = Trainer(*gray_domains, resume=tmp_path / "m.checkpoint.pt", output=output)
+    assert resumed.config.train.crop_size == 24
+    assert [event.step for event in resumed.run()] == [3, 4, 5, 6, 7]

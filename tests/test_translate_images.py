@@ -146,3 +146,9 @@ def test_real_networks_keep_any_size(generator, size):
     image = np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8)
     out = translate(image, model, "AtoB", device="cpu")
     assert out.shape == size and out.dtype == np.uint8
+
+
+def test_rgb_image_into_a_gray_model_is_a_channel_mismatch_not_a_crash():
+    image = np.zeros((20, 24, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"has 3 channel\(s\).*expects 1"):
+        translate(image, identity_model(1, 1), "AtoB")

@@ -101,7 +101,8 @@ def infer_layout(
     if channel_axis is not None:
         if not -ndim <= channel_axis < ndim:
             raise ValueError(
-                f"channel_axis={channel_axis} is out of range for an image of shape {shape}."
+                f"channel_axis={channel_axis} is out of range for an image of shape {shape}; "
+                "pass the index of its channel axis, or None for a single-channel image."
             )
         channel_axis %= ndim
     else:
@@ -129,9 +130,10 @@ def infer_layout(
 
 def _guess_channel_axis(shape: tuple[int, ...], expected_channels: int | None) -> int | None:
     ndim = len(shape)
-    if ndim < 3 or expected_channels == 1:
+    if ndim < 3:
         return None
-    if expected_channels is None:
+    if expected_channels in (None, 1):
+        # A last axis of 3 or 4 is RGB(A) (for a gray model: a mismatch to report).
         return ndim - 1 if shape[-1] in (3, 4) else None
     if shape[-1] == expected_channels or (expected_channels == 3 and shape[-1] == 4):
         return ndim - 1

@@ -34,7 +34,7 @@ from .model_file import (
     save_checkpoint,
     save_model,
 )
-from .networks import build_discriminator, init_weights
+from .networks import build_discriminator, init_weights, size_multiple
 
 # Every loss the step computes; events, logs and model provenance follow this list.
 LOSS_NAMES = (
@@ -136,8 +136,8 @@ class Trainer:
         Model file to write at the end and on stop; ``cyclestyle-model.safetensors``
         when None. The checkpoint goes beside it (``<stem>.checkpoint.pt``).
     resume : path-like, optional
-        A checkpoint to continue from; its model configuration is used and the training
-        settings of ``config`` may extend the run (e.g. more steps).
+        A checkpoint to continue from. Its model configuration is used; its training
+        settings too, unless ``config`` is given (e.g. to extend the run).
     channel_axis_a, channel_axis_b : int, optional
         Channel axes of the domains' images when not inferable.
 
@@ -157,13 +157,14 @@ class Trainer:
         channel_axis_a: int | None = None,
         channel_axis_b: int | None = None,
     ):
-        config = config or Config()
         checkpoint = load_checkpoint(resume) if resume is not None else None
         norm_a: IntensityNorm | str = "auto"
         norm_b: IntensityNorm | str = "auto"
-        if checkpoint is not None:
+        if checkpoint is None:
+            config = config or Config()
+        else:
             saved = Config.from_json(checkpoint["config"])
-            config = Config(model=saved.model, train=config.train)
+            config = Config(model=saved.model, train=(config or saved).train)
             norm_a = IntensityNorm.from_dict(json.loads(checkpoint["norm_a"]))
             norm_b = IntensityNorm.from_dict(json.loads(checkpoint["norm_b"]))
         if not isinstance(domain_a, Domain):
@@ -184,6 +185,12 @@ class Trainer:
                         f"Domain {domain.name} has {domain.n_channels} channel(s) but the "
                         f"checkpoint {resume} was trained with {expected}."
                     )
+        multiple = size_multiple(config.model.generator)
+        if config.train.crop_size % multiple:
+            raise ValueError(
+                f"crop_size {config.train.crop_size} does not suit {config.model.generator}: "
+                f"use a multiple of {multiple}."
+            )
         self.config = config
         self.output = (
             Path(output) if output is not None else Path("cyclestyle-model" + MODEL_SUFFIX)
