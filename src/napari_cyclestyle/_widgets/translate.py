@@ -1,0 +1,350 @@
+"""The translate widget: apply G (A→B) or F (B→A) to an image layer, as a new layer.
+
+The widget reads the chosen layer's data, runs ``translate_steps`` (the core's tiled,
+plane-by-plane translation) in a ``thread_worker`` and adds the result as a new layer
+with the input's spatial metadata. The input layer is never modified. Scripts::
+
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cyclestyle", "Translate")
+    widget.model_file.value = "model.safetensors"
+    widget.direction.value = "AtoB"
+    widget.image.value = viewer.layers["domain A (brightfield)"]
+    widget.run()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error
+from psygnal import Signal
+
+from ..layout import infer_layout
+from ._common import (
+    DEVICE_CHOICES,
+    Failure,
+    StopOnClose,
+    avoid_llvm_clash,
+    describe_device_choice,
+    failures_yielded,
+    image_data,
+    image_layers,
+    import_torch_modules,
+)
+from ._registry import TrainedModel, trained_models
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+FROM_FILE = "model file…"
+DIRECTIONS = {"AtoB": "G: A → B", "BtoA": "F: B → A"}
+_SPATIAL_ATTRIBUTES = ("scale", "translate", "axis_labels", "units")
+
+
+@thread_worker(ignore_errors=True)
+def _translate_worker(data, model, direction: str, device: str, channel_axis):
+    """Yield the core's per-plane progress; errors come out as :class:`Failure`."""
+    from ..inference import translate_steps
+
+    yield from failures_yielded(
+        translate_steps(data, model, direction, device=device, channel_axis=channel_axis)
+    )
+
+
+class TranslateWidget(Container):
+    """Translate an image layer with a trained CycleGAN generator.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer whose image layers are offered and which receives the result.
+
+    Notes
+    -----
+    ``model`` lists the models trained in this session and ``model file…`` (then
+    ``model_file`` is used: our ``.safetensors`` or a reference CycleGAN ``.pth``).
+    :meth:`run` and :meth:`cancel` do what the buttons do; :attr:`last_layer` is the
+    layer the last run added; :attr:`progressed` emits each plane's progress in the GUI
+    thread (connect before ``run``).
+    """
+
+    progressed = Signal(object)
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.worker = None
+        self.last_layer = None
+        self.loaded_model = None  # the CycleStyleModel in use
+        self._loaded_key: Any = None
+        self._closed = False
+
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.model_file = FileEdit(
+            label="model file",
+            mode="r",
+            nullable=True,
+            filter="Model files (*.safetensors *.pth)",
+        )
+        self.model_info = Label(label="", value="no model loaded")
+        self.model_info.native.setWordWrap(True)
+        self.direction = ComboBox(
+            label="direction", choices=[(text, key) for key, text in DIRECTIONS.items()]
+        )
+        self.image = ComboBox(label="input layer", choices=self._image_choices)
+        self.device = ComboBox(label="device", choices=DEVICE_CHOICES, value="auto")
+        self.device_info = Label(label="")
+        self.run_button = PushButton(text="Translate")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.buttons = Container(
+            layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button]
+        )
+        self.buttons.margins = (0, 0, 0, 0)
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(label="", value="")
+        self.extend(
+            [
+                self.model,
+                self.model_file,
+                self.model_info,
+                self.direction,
+                self.image,
+                self.device,
+                self.device_info,
+                self.buttons,
+                self.progress,
+                self.status,
+            ]
+        )
+
+        self.model.changed.connect(self._on_model_choice)
+        self.model_file.changed.connect(self._on_model_choice)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.device.changed.connect(self._show_device)
+        self._show_device()
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._on_layers_changed)
+        trained_models.changed.connect(self._on_model_trained)
+        self._close_watch = StopOnClose(self.native, self.shutdown)
+        import_torch_modules()
+        self._on_model_choice()
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, _widget=None):
+        return image_layers(self.viewer)
+
+    def _model_choices(self, _widget=None):
+        entries = [(entry.label, entry) for entry in reversed(list(trained_models))]
+        return [*entries, (FROM_FILE, FROM_FILE)]
+
+    def _on_layers_changed(self, _event=None) -> None:
+        if not self._closed:
+            self.image.reset_choices()
+
+    def _on_model_trained(self, entry: TrainedModel) -> None:
+        if self._closed:
+            return
+        self.model.reset_choices()
+        self.model.value = entry  # the model just trained is the one to try
+        self._on_model_choice()
+
+    def _show_device(self, _value=None) -> None:
+        self.device_info.value = describe_device_choice(self.device.value)
+
+    # ------------------------------------------------------------------ the model
+    def _on_model_choice(self, _value=None) -> None:
+        """Load the chosen model (a file is read here; errors become notifications)."""
+        from_file = self.model.value == FROM_FILE
+        self.model_file.visible = from_file
+        if from_file and not str(self.model_file.value or "").strip():
+            self._set_model(None, None, "no model: choose a model file")
+            return  # nothing chosen yet is not an error
+        try:
+            self._load_model()
+        except ValueError as error:
+            show_error(str(error))
+
+    def _load_model(self):
+        """Return the chosen model, loading a file when it changed.
+
+        Raises
+        ------
+        ValueError
+            If no model is chosen or the file cannot be used (the message says why).
+        """
+        choice = self.model.value
+        if isinstance(choice, TrainedModel):
+            key, source = ("trained", choice.path), choice
+        else:
+            path = self.model_file.value
+            if path is None or not str(path).strip():
+                self._set_model(None, None, "no model: choose a model file")
+                raise ValueError("Choose a model file (*.safetensors or a CycleGAN .pth).")
+            path = Path(path)
+            stamp = path.stat().st_mtime if path.is_file() else None
+            key, source = ("file", path, stamp), path
+        if key == self._loaded_key and self.loaded_model is not None:
+            return self.loaded_model
+        if isinstance(source, TrainedModel):
+            model = source.model
+        else:
+            from ..model_file import load_model
+
+            try:
+                model = load_model(source)
+            except ValueError:
+                self._set_model(None, None, f"no model: {source.name} could not be loaded")
+                raise
+        self._set_model(model, key, model.describe())
+        return model
+
+    def _set_model(self, model, key, description: str) -> None:
+        self.loaded_model, self._loaded_key = model, key
+        self.model_info.value = description
+        if model is not None:
+            choices = [(DIRECTIONS[d], d) for d in model.directions]
+            current = self.direction.value
+            self.direction.choices = choices
+            if current in model.directions:
+                self.direction.value = current
+
+    def _model_source(self) -> str:
+        choice = self.model.value
+        path = choice.path if isinstance(choice, TrainedModel) else self.model_file.value
+        return str(path)
+
+    # ------------------------------------------------------------------ actions
+    @property
+    def is_running(self) -> bool:
+        """True while a translation runs."""
+        return self.worker is not None
+
+    def run(self, _=None, *, layer=None) -> None:
+        """Translate the chosen input layer (``layer`` overrides it, for scripts).
+        Problems are shown as notifications and add no layer."""
+        if self.is_running:
+            return
+        layer = self.image.value if layer is None else layer
+        try:
+            model = self._load_model()
+            if layer is None:
+                raise ValueError("Choose an input image layer.")
+            data = image_data(layer)
+            direction = self.direction.value
+            channel_axis = -1 if layer.rgb else None
+            in_channels, out_channels = model.channels(direction)
+            # checked here, before a worker starts: do the layer's channels fit?
+            layout = infer_layout(data.shape, channel_axis, expected_channels=in_channels)
+        except ValueError as error:
+            show_error(str(error))
+            return
+        job = {
+            "layer": layer,
+            "direction": direction,
+            "model": model,
+            "source": self._model_source(),
+            "layout": layout,
+            "out_channels": out_channels,
+        }
+        avoid_llvm_clash()
+        self.progress.value = 0
+        self.status.value = f"translating {layer.name}…"
+        worker = _translate_worker(data, model, direction, self.device.value, channel_axis)
+        worker.yielded.connect(lambda step: self._on_yielded(step, job))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_controls(running=True)
+        worker.start()
+
+    def cancel(self, _=None) -> None:
+        """Cancel the running translation; no layer is added."""
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.value = "cancelled"
+
+    def shutdown(self) -> None:
+        """Cancel a running translation (the viewer or this widget is closing)."""
+        trained_models.changed.disconnect(self._on_model_trained)
+        if self.worker is not None:
+            self._closed = True
+            self.worker.quit()
+
+    # ------------------------------------------------------------------ events
+    def _on_yielded(self, step, job: dict) -> None:
+        if self._closed or self.worker is None or self.worker.abort_requested:
+            return
+        if isinstance(step, Failure):
+            show_error(f"Translation failed: {step.message}")
+            self.status.value = "failed: " + step.message
+            return
+        self.progressed.emit(step)
+        self.progress.max = step.total
+        self.progress.value = step.done
+        self.status.value = f"plane {step.done}/{step.total}"
+        if step.result is not None:
+            self.last_layer = self._add_result(step.result, job)
+            self.status.value = f"added '{self.last_layer.name}'"
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if not self._closed:
+            self._set_controls(running=False)
+
+    def _set_controls(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+
+    def _add_result(self, result: np.ndarray, job: dict):
+        """Add ``result`` as a new layer with the input's spatial metadata."""
+        layer, direction, model = job["layer"], job["direction"], job["model"]
+        result, rgb, dims = result_display(result, layer, job["layout"], job["out_channels"])
+        kwargs = {}
+        if dims is not None:
+            kwargs = {
+                name: tuple(getattr(layer, name)[d] for d in dims) for name in _SPATIAL_ATTRIBUTES
+            }
+        generator = "G" if direction == "AtoB" else "F"
+        arrow = "A→B" if direction == "AtoB" else "B→A"
+        metadata = {
+            "cyclestyle": {
+                "model": job["source"],
+                "direction": direction,
+                "generator": generator,
+                "architecture": model.config.generator,
+                "steps": model.info.get("steps"),
+                "input_layer": layer.name,
+            }
+        }
+        return self.viewer.add_image(
+            result,
+            name=f"{layer.name} [{generator}: {arrow}]",
+            rgb=rgb,
+            metadata=metadata,
+            **kwargs,
+        )
+
+
+def result_display(result: np.ndarray, layer, layout, out_channels: int):
+    """How to show a translation of ``layer``: ``(array, rgb, dims)``.
+
+    Three output channels become an RGB layer (channels moved last). ``dims`` lists the
+    input layer's dimensions the result's layer dimensions correspond to (None when
+    they do not correspond), so scale, translate, axis labels and units carry over.
+    """
+    channel_axis = layout.channel_axis
+    # the input layer's own dimension holding the channels (RGB layers have none)
+    channel_dim = None if channel_axis is None or layer.rgb else channel_axis
+    kept = [d for d in range(layer.ndim) if d != channel_dim]
+    if out_channels == 3:
+        if channel_axis is not None and channel_axis != result.ndim - 1:
+            result = np.moveaxis(result, channel_axis, -1)
+        return result, True, kept
+    if out_channels == 1:
+        return result, False, kept
+    # other channel counts stay a channel axis of the layer
+    return result, False, (list(range(layer.ndim)) if channel_dim is not None else None)

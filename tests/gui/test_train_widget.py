@@ -1,0 +1,254 @@
+"""The training widget in a real viewer: progress, previews, loss plot, stop, resume."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from napari_cyclestyle._widgets import trained_models
+from napari_cyclestyle._widgets.train import PREVIEW_NAMES, TrainWidget
+
+
+def test_widgets_and_sample_data_open_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-cyclestyle", "brightfield_stained")
+    assert [layer.name for layer in layers] == ["domain A (brightfield)", "domain B (stained)"]
+    assert layers[1].rgb
+
+    _, train = viewer.window.add_plugin_dock_widget("napari-cyclestyle", "Train CycleGAN")
+    _, translate = viewer.window.add_plugin_dock_widget("napari-cyclestyle", "Translate")
+
+    assert isinstance(train, TrainWidget)
+    assert type(translate).__name__ == "TranslateWidget"
+    # the sample layers are preselected, and auto shows what it picked
+    assert train.layers_a.value == [layers[0]]
+    assert train.layers_b.value == [layers[1]]
+    assert train.device_info.value.startswith("auto → ")
+
+
+def test_training_run_shows_progress_previews_losses_and_saves_a_model(
+    viewer, train_widget, tiny_settings, wait_done, tmp_path
+):
+    output = tmp_path / "model.safetensors"
+    tiny_settings(train_widget, output, n_steps=6)
+    layers_before = list(viewer.layers)
+    data_before = [layer.data.copy() for layer in layers_before]
+    events = []
+
+    train_widget.progressed.connect(events.append)
+    train_widget.start()
+    wait_done(train_widget)
+
+    steps = [event.step for event in events]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert events[-1].finished and events[-1].model_path == output
+    assert train_widget.progress.value == 6 and train_widget.progress.max == 6
+    assert "finished" in train_widget.status.value
+    # preview layers G(a) and F(b), updated in place; inputs untouched
+    g_preview = viewer.layers[PREVIEW_NAMES["G"]]
+    f_preview = viewer.layers[PREVIEW_NAMES["F"]]
+    assert g_preview.rgb and g_preview.data.shape == (32, 64, 3)  # a | G(a)
+    assert f_preview.rgb and f_preview.data.shape == (32, 64, 3)  # b | F(b)
+    assert np.array_equal(g_preview.data, _preview_of(events[-1].preview, "real_A", "fake_B"))
+    assert len(viewer.layers) == len(layers_before) + 2
+    for layer, before in zip(layers_before, data_before, strict=True):
+        assert np.array_equal(layer.data, before)
+    # the loss plot got every logged step and was drawn
+    assert train_widget.loss_plot.steps == steps
+    assert train_widget.loss_plot.draw_count >= 1
+    # a loadable model, offered to the translate widget
+    from napari_cyclestyle import load_model
+
+    model = load_model(output)
+    assert model.info["steps"] == 6
+    assert trained_models.latest().path == output
+
+
+def _preview_of(preview, real, fake):
+    from napari_cyclestyle._widgets.train import preview_image
+
+    return preview_image(preview[real], preview[fake])[0]
+
+
+def test_stop_mid_run_saves_a_loadable_model(train_widget, tiny_settings, wait_done, tmp_path):
+    output = tmp_path / "stopped.safetensors"
+    tiny_settings(train_widget, output, n_steps=100_000)
+    train_widget.start()
+    _wait_for_step(train_widget, 3)
+
+    train_widget.stop()
+    wait_done(train_widget)
+
+    from napari_cyclestyle import load_model
+
+    last = train_widget.last_event
+    assert last.finished and last.step < 100_000
+    assert load_model(output).info["steps"] == last.step
+    assert output.with_name("stopped.checkpoint.pt").is_file()
+    assert "stopped" in train_widget.status.value
+
+
+def test_pause_holds_the_step_and_resume_continues(
+    qtbot, train_widget, tiny_settings, wait_done, tmp_path
+):
+    tiny_settings(train_widget, tmp_path / "paused.safetensors", n_steps=100_000)
+    train_widget.start()
+    _wait_for_step(train_widget, 2)
+
+    train_widget.pause()
+    qtbot.waitUntil(lambda: train_widget.worker.is_paused, timeout=10_000)
+    qtbot.wait(100)  # events already queued arrive
+    held = train_widget.last_event.step
+    qtbot.wait(400)
+    assert train_widget.last_event.step == held
+    assert train_widget.pause_button.text == "Resume"
+
+    train_widget.pause()  # resumes
+    _wait_for_step(train_widget, held + 2)
+    train_widget.stop()
+    wait_done(train_widget)
+    assert train_widget.last_event.finished
+
+
+def test_resume_continues_from_the_checkpoint(train_widget, tiny_settings, wait_done, tmp_path):
+    output = tmp_path / "model.safetensors"
+    tiny_settings(train_widget, output, n_steps=3)
+    train_widget.start()
+    wait_done(train_widget)
+    checkpoint = output.with_name("model.checkpoint.pt")
+    assert checkpoint.is_file()
+
+    train_widget.resume.value = checkpoint
+    train_widget.n_steps.value = 5
+    events = []
+    train_widget.progressed.connect(events.append)
+    train_widget.start()
+    wait_done(train_widget)
+
+    assert [event.step for event in events] == [4, 5]
+    from napari_cyclestyle import load_model
+
+    assert load_model(output).info["steps"] == 5
+
+
+def test_closing_the_viewer_during_training_stops_and_saves(
+    viewer, tiny_settings, qtbot, tmp_path
+):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cyclestyle", "Train CycleGAN")
+    output = tmp_path / "closed.safetensors"
+    tiny_settings(widget, output, n_steps=100_000)
+    widget.start()
+    _wait_for_step(widget, 2)
+
+    viewer.close()
+
+    assert not widget.is_running
+    assert output.is_file()
+    assert trained_models.latest().path == output
+
+
+def test_closing_the_widget_during_training_stops_and_saves(
+    viewer, tiny_settings, qtbot, tmp_path
+):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cyclestyle", "Train CycleGAN")
+    output = tmp_path / "closed.safetensors"
+    tiny_settings(widget, output, n_steps=100_000)
+    widget.start()
+    _wait_for_step(widget, 2)
+
+    viewer.window.remove_dock_widget(widget.native)
+
+    assert not widget.is_running
+    assert output.is_file()
+
+
+def test_bad_layers_show_an_error_and_change_nothing(viewer, train_widget, errors, tmp_path):
+    labels = viewer.add_labels(np.zeros((32, 32), np.uint8), name="labels")
+    layers_before = list(viewer.layers)
+
+    train_widget.output.value = tmp_path / "never.safetensors"
+    train_widget.start(layers_a=[labels])
+    train_widget.layers_b.value = []
+    train_widget.start()
+
+    assert any("Labels layer" in message for message in errors)
+    assert any("domain B" in message for message in errors)
+    assert not train_widget.is_running
+    assert list(viewer.layers) == layers_before
+
+
+def test_a_failing_run_shows_an_error_and_removes_its_previews(
+    viewer, train_widget, tiny_settings, wait_done, errors, tmp_path
+):
+    # unet_256 needs 256-pixel crops: the core refuses, from inside the worker
+    tiny_settings(train_widget, tmp_path / "bad.safetensors", generator="unet_256")
+    layers_before = list(viewer.layers)
+    train_widget.start()
+    wait_done(train_widget)
+
+    assert errors and errors[-1].startswith("Training failed")
+    assert list(viewer.layers) == layers_before
+    assert train_widget.start_button.enabled
+
+
+def test_the_window_stays_responsive_while_training(
+    qtbot, train_widget, tiny_settings, wait_done, tmp_path
+):
+    from qtpy.QtCore import QTimer
+
+    tiny_settings(
+        train_widget,
+        tmp_path / "responsive.safetensors",
+        n_steps=100_000,
+        generator="encoder_decoder",
+        ngf=8,
+        ndf=8,
+        crop_size=64,
+        preview_every=3,
+        log_every=1,
+    )
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    # Measured once the preview layers exist: napari adding a layer (and redrawing its
+    # canvas in software GL under Xvfb) costs a few hundred ms once, which is napari's,
+    # not the training's. From then on: in-place previews, loss plots, progress.
+    train_widget.start()
+    qtbot.waitUntil(lambda: len(train_widget._preview_layers) == 2, timeout=60_000)
+    first_step = train_widget.last_event.step
+    timer.start()
+    started = time.perf_counter()
+    while time.perf_counter() - started < 60 and (
+        time.perf_counter() - started < 1.5 or train_widget.last_event.step < first_step + 6
+    ):
+        qtbot.wait(50)
+    timer.stop()
+    steps_done = train_widget.last_event.step - first_step
+    still_running = train_widget.is_running
+    train_widget.stop()
+    wait_done(train_widget)
+
+    gaps = np.diff(ticks)
+    assert still_running and steps_done >= 3, "training did not run during the measurement"
+    worst = int(np.argmax(gaps))
+    assert gaps.max() < 0.5, (
+        f"the GUI froze for {gaps.max():.2f} s, {ticks[worst] - started:.2f} s into the measurement"
+    )
+
+
+def _wait_for_step(widget, step, timeout=60_000):
+    from pytestqt.qtbot import QtBot  # noqa: F401  (qtbot's wait loop, without a fixture)
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout / 1000
+    while time.monotonic() < deadline:
+        QApplication.processEvents()
+        event = widget.last_event
+        if event is not None and event.step >= step:
+            return
+        if not widget.is_running:
+            raise AssertionError(f"training ended before step {step}")
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} not reached in {timeout} ms")
