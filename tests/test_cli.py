@@ -108,7 +108,10 @@ def test_train_merges_config_file_and_flags_and_saves_a_loadable_model(trained):
     assert iio.imread(trained.parent / "previews" / previews[0]).shape == (68, 68, 3)
 
 
-def test_ctrl_c_saves_a_loadable_model_and_resume_continues(domains, tmp_path, capsys):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_a_loadable_model_and_resume_continues(
+    domains, tmp_path, capsys, stop_signal
+):
     model = tmp_path / "run.safetensors"
     argv = ["train", "--domain-a", str(domains[0]), "--domain-b", str(domains[1]), *TINY]
     argv += ["--steps", "100000", "--checkpoint-every", "0", "--output", str(model)]
@@ -124,7 +127,7 @@ def test_ctrl_c_saves_a_loadable_model_and_resume_continues(domains, tmp_path, c
                 break
         else:
             pytest.fail(f"training ended without progress (exit {process.wait()})")
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)
         _, err = process.communicate(timeout=120)
     finally:
         process.kill()

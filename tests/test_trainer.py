@@ -199,3 +199,28 @@ def test_resume_without_a_config_continues_with_the_checkpoints_settings(tmp_pat
     resumed = Trainer(*gray_domains, resume=tmp_path / "m.checkpoint.pt", output=output)
     assert resumed.config.train.crop_size == 24
     assert [event.step for event in resumed.run()] == [3, 4, 5, 6, 7]
+
+
+def test_time_the_consumer_holds_the_loop_does_not_count_as_training(
+    tmp_path, gray_domains, monkeypatch
+):
+    import napari_cyclestyle.trainer as trainer_module
+
+    now = [0.0]
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: now[0])
+    trainer = Trainer(
+        *gray_domains, tiny_config(n_steps=3, n_steps_decay=0), output=tmp_path / "m"
+    )
+    original_step = trainer._train_step
+
+    def step_taking_two_seconds(real_a, real_b):
+        now[0] += 2.0
+        return original_step(real_a, real_b)
+
+    trainer._train_step = step_taking_two_seconds
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        now[0] += 100.0  # a paused GUI worker holds the loop
+    assert [e.elapsed for e in events] == [2.0, 4.0, 6.0]
+    assert events[0].steps_per_second == 0.5 and events[0].seconds_left == 4.0

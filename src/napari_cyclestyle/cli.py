@@ -453,7 +453,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _stop_on_interrupt(trainer, progress: ProgressLine):
-    """First Ctrl-C: ``trainer.stop()`` (finish the step, save). Second: abort at once."""
+    """First Ctrl-C (SIGINT) or SIGTERM (a cluster's time limit, ``torchrun`` shutting
+    down): ``trainer.stop()`` (finish the step, save). A second Ctrl-C aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
@@ -465,11 +466,14 @@ def _stop_on_interrupt(trainer, progress: ProgressLine):
             "Stopping after this step and saving the model (Ctrl-C again aborts at once)..."
         )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {
+        number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, old_handler in previous.items():
+            signal.signal(number, old_handler)
 
 
 def run_training(trainer, preview_dir: Path | None = None, stream: TextIO | None = None) -> bool:

@@ -71,7 +71,8 @@ class TrainEvent:
     learning_rate : float
         Learning rate used at this step.
     elapsed : float
-        Seconds since this run (or resume) started.
+        Seconds spent training since this run (or resume) started; time the consumer
+        holds the loop between events (a paused GUI worker) does not count.
     seconds_left : float
         Estimated seconds to the end of the run.
     steps_per_second : float
@@ -428,7 +429,8 @@ class Trainer:
         """
         train = self.config.train
         total = train.total_steps
-        start_step, start_time = self.step, time.perf_counter()
+        start_step = self.step
+        self._active_seconds, self._clock = 0.0, time.perf_counter()
         finished = False
         step_losses: dict[str, torch.Tensor] = {}
         try:
@@ -445,13 +447,14 @@ class Trainer:
                     checkpoint = self.save_checkpoint()
                 finished = last
                 preview = self._maybe_preview(last)
-                yield self._event(start_step, start_time, lr, losses, preview, checkpoint, last)
+                yield self._event(start_step, lr, losses, preview, checkpoint, last)
+                self._clock = time.perf_counter()  # the consumer's time is not training time
             if not finished:  # stop() was called between two steps
                 finished = True
                 losses = self._read_losses(step_losses) if step_losses else None
                 lr = self.learning_rate(max(self.step - 1, 0))
                 preview = self._maybe_preview(True)
-                yield self._event(start_step, start_time, lr, losses, preview, None, True)
+                yield self._event(start_step, lr, losses, preview, None, True)
         except TrainingDiverged:
             finished = True  # keep the last good files rather than diverged weights
             raise
@@ -517,8 +520,11 @@ class Trainer:
         self.last_losses = losses
         return losses
 
-    def _event(self, start_step, start_time, lr, losses, preview, checkpoint, last) -> TrainEvent:
-        elapsed = time.perf_counter() - start_time
+    def _event(self, start_step, lr, losses, preview, checkpoint, last) -> TrainEvent:
+        now = time.perf_counter()
+        self._active_seconds += now - self._clock
+        self._clock = now
+        elapsed = self._active_seconds
         speed = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
         total = self.config.train.total_steps
         model_path = None
