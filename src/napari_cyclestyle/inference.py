@@ -5,33 +5,54 @@ with the source domain's intensity normalisation, run through the generator (pad
 the size the architecture needs, and cropped back), and mapped into the target domain's
 values and dtype. The result has the input's shape, with the channel axis resized to
 the model's output channels.
+
+Planes too large for one forward pass are translated in tiles (see :mod:`.tiling`); by
+default every InstanceNorm layer then still uses the whole plane's statistics, so the
+result equals whole-plane inference. A dask array in gives a dask array out, computed
+plane by plane on demand; ``output=`` writes into a zarr array (or any array) tile by
+tile, so images larger than RAM translate with bounded memory.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
 
+from . import tiling
 from .devices import resolve_device
 from .intensity import IntensityNorm, check_finite, fit_intensity
-from .layout import from_planes, infer_layout, to_planes
+from .layout import ImageLayout, from_planes, infer_layout, to_planes
 from .model import CycleStyleModel, parse_direction
 from .networks import size_multiple
+
+# Pixels per plane read when fitting the input range of an imported model.
+_FIT_PIXELS = 1_000_000
+# Spatial chunk of zarr outputs created here when the plane is not tiled.
+_OUTPUT_CHUNK = 1024
 
 
 @dataclass
 class TranslateProgress:
-    """Progress of a translation: ``done`` of ``total`` planes; ``result`` at the end."""
+    """Progress of a translation: ``done`` of ``total`` steps; ``result`` at the end.
+
+    A step is one plane when planes go through the network whole, and one tile (of a
+    layer pass) when they are tiled, so ``done / total`` advances smoothly either way.
+    ``plane`` is the index of the plane the step belongs to, of ``n_planes``.
+    """
 
     done: int
     total: int
-    result: np.ndarray | None = None
+    result: Any = None
+    plane: int = 0
+    n_planes: int = 1
 
 
 def translate(
@@ -42,7 +63,14 @@ def translate(
     device: str | torch.device = "auto",
     channel_axis: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
+    tile_size: int | str | None = "auto",
+    overlap: int | None = None,
+    statistics: str = "exact",
+    sample_fraction: float = tiling.DEFAULT_SAMPLE_FRACTION,
+    output=None,
+    memory_budget: int | None = None,
+    scratch: str | os.PathLike | None = None,
+):
     """Translate ``image`` with the model's G (``"AtoB"``/``"G"``) or F (``"BtoA"``/``"F"``).
 
     Parameters
@@ -50,7 +78,7 @@ def translate(
     image : array-like
         ``(Y, X)``, ``(..., Y, X, 3|4)`` RGB(A), ``(..., C, Y, X)`` or ``(..., Y, X, C)``
         multichannel, with any leading axes (Z, T, ...). Any integer, boolean or float
-        dtype; NaN and Inf are refused.
+        dtype; NaN and Inf are refused. numpy, dask, zarr or any sliceable array.
     model : CycleStyleModel or path
         A loaded model, or a model file / reference checkpoint to load.
     direction : str
@@ -60,22 +88,61 @@ def translate(
     channel_axis : int, optional
         The image's channel axis when it cannot be inferred.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each plane.
+        Called as ``progress(done, total)`` after each step (plane, or tile when tiled).
+    tile_size : int, "auto" or None
+        ``"auto"``: tile only planes whose forward pass would not fit ``memory_budget``,
+        with the largest tile that fits. An int: always tile, with tiles of that side
+        (pixels). None: never tile.
+    overlap : int, optional
+        Overlap between tiles in the blended modes (``statistics="estimate"`` or
+        ``"tile"``); default 64 px. The exact mode needs none.
+    statistics : str
+        How InstanceNorm layers are normalised in tiles: ``"exact"`` (the whole plane's
+        statistics; equals whole-plane inference), ``"estimate"`` (statistics from a
+        sample of tiles, no scratch storage) or ``"tile"`` (each tile its own: visible
+        seams; for comparison). See :mod:`napari_cyclestyle.tiling`.
+    sample_fraction : float
+        Share of the plane sampled by ``statistics="estimate"``.
+    output : array, zarr array or path, optional
+        Where to write the result, plane by plane and tile by tile: an array of the
+        result's shape (numpy, memmap, zarr) or a path, where a zarr array is created.
+        The result is then that array.
+    memory_budget : int, optional
+        Bytes the translation may use for activations (tile working set, and again for
+        stored activations before they spill to ``scratch``); default from the device's
+        free memory (see :func:`tiling.memory_budget`).
+    scratch : path, optional
+        Folder for activations that do not fit in RAM (exact tiled mode); default the
+        system's temporary folder. Deleted when the translation ends.
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray, dask.array.Array or the ``output`` array
         The translated image: the input's shape with the channel axis sized to the
         model's output channels (see :meth:`ImageLayout.output_shape`), in the target
-        domain's dtype and value range.
+        domain's dtype and value range. A dask input without ``output`` gives a lazy
+        dask array, computed plane by plane when read (``progress`` is then not called).
 
     Raises
     ------
     ValueError
-        If the image's channels, shape or values do not fit the model.
+        If the image's channels, shape or values do not fit the model, or an option is
+        out of range.
     """
+    options = {
+        "device": device,
+        "channel_axis": channel_axis,
+        "tile_size": tile_size,
+        "overlap": overlap,
+        "statistics": statistics,
+        "sample_fraction": sample_fraction,
+        "memory_budget": memory_budget,
+        "scratch": scratch,
+    }
+    if output is None and _is_dask(image):
+        return _translate_lazy(image, model, direction, **options)
     result = None
-    for step in translate_steps(image, model, direction, device=device, channel_axis=channel_axis):
+    for step in translate_steps(image, model, direction, output=output, **options):
         if progress is not None:
             progress(step.done, step.total)
         result = step.result
@@ -89,38 +156,50 @@ def translate_steps(
     *,
     device: str | torch.device = "auto",
     channel_axis: int | None = None,
+    tile_size: int | str | None = "auto",
+    overlap: int | None = None,
+    statistics: str = "exact",
+    sample_fraction: float = tiling.DEFAULT_SAMPLE_FRACTION,
+    output=None,
+    memory_budget: int | None = None,
+    scratch: str | os.PathLike | None = None,
 ) -> Iterator[TranslateProgress]:
-    """Like :func:`translate`, but yield progress after each plane; stop iterating to
-    cancel. The last item carries the ``result``."""
-    if not isinstance(model, CycleStyleModel):
-        from .model_file import load_model
+    """Like :func:`translate`, but yield a :class:`TranslateProgress` after each step
+    (plane, or tile when tiled); stop iterating to cancel (scratch files are removed).
+    The last item carries the ``result``; a dask input is computed, not returned lazily.
+    """
+    job = _Job(
+        image,
+        model,
+        direction,
+        device=device,
+        channel_axis=channel_axis,
+        tile_size=tile_size,
+        overlap=overlap,
+        statistics=statistics,
+        sample_fraction=sample_fraction,
+        memory_budget=memory_budget,
+        scratch=scratch,
+    )
+    result = _open_output(output, job)
+    total = job.n_planes * job.steps_per_plane
+    done = 0
+    for plane in range(job.n_planes):
+        source = job.planes[plane]
 
-        model = load_model(model)
-    direction = parse_direction(direction)
-    network = model.generator(direction)
-    in_channels, out_channels = model.channels(direction)
-    image = _as_array(image)
-    layout = infer_layout(image.shape, channel_axis, expected_channels=in_channels)
-    planes = to_planes(image, layout)
-    norm_in, norm_out = _norms(model, direction, planes, image.dtype, out_channels)
-    torch_device = resolve_device(device)
-    network.to(torch_device).eval()
-    multiple = size_multiple(model.config.generator)
-    total = planes.shape[0]
-    out_planes = None
-    for index in range(total):
-        plane = np.asarray(planes[index])
-        check_finite(plane)
-        x = torch.from_numpy(norm_in.normalize(plane)).to(torch_device)
-        y = run_generator(network, x[None], multiple)[0].float().cpu().numpy()
-        translated = norm_out.denormalize(y)
-        if out_planes is None:
-            out_planes = np.empty((total, *translated.shape), translated.dtype)
-        out_planes[index] = translated
-        done = index + 1
-        yield TranslateProgress(
-            done, total, from_planes(out_planes, layout) if done == total else None
-        )
+        def write(y0: int, y1: int, x0: int, x1: int, values: np.ndarray, plane=plane) -> None:
+            block = job.norm_out.denormalize(values)
+            index, channel_position = job.output_index(plane, y0, y1, x0, x1)
+            if channel_position is None:
+                result[index] = block[0]
+            else:
+                result[index] = np.moveaxis(block, 0, channel_position)
+
+        for _ in job.plane_steps(source, write):
+            done += 1
+            yield TranslateProgress(
+                done, total, result if done == total else None, plane, job.n_planes
+            )
 
 
 @torch.inference_mode()
@@ -141,22 +220,220 @@ def run_generator(network: nn.Module, batch: torch.Tensor, multiple: int) -> tor
     return network(batch)
 
 
+class _Job:
+    """Everything a translation needs, worked out once: model, layout, intensity maps,
+    device and, for large planes, the tiled translator."""
+
+    def __init__(
+        self,
+        image,
+        model: CycleStyleModel | str | os.PathLike,
+        direction: str,
+        *,
+        device: str | torch.device,
+        channel_axis: int | None,
+        tile_size: int | str | None,
+        overlap: int | None,
+        statistics: str,
+        sample_fraction: float,
+        memory_budget: int | None,
+        scratch: str | os.PathLike | None,
+    ) -> None:
+        if not isinstance(model, CycleStyleModel):
+            from .model_file import load_model
+
+            model = load_model(model)
+        direction = parse_direction(direction)
+        self.network = model.generator(direction)
+        in_channels, self.out_channels = model.channels(direction)
+        image = _as_array(image)
+        self.layout = infer_layout(image.shape, channel_axis, expected_channels=in_channels)
+        self.planes = to_planes(image, self.layout)
+        self.n_planes = self.layout.n_planes
+        self.norm_in, self.norm_out = _norms(
+            model, direction, self.planes, image.dtype, self.out_channels
+        )
+        self.dtype = np.dtype(self.norm_out.dtype)
+        self.device = resolve_device(device)
+        self.network.to(self.device).eval()
+        self.multiple = size_multiple(model.config.generator)
+        height, width = self.layout.spatial_shape
+        budget = memory_budget or tiling.memory_budget(self.device)
+        self.translator = None
+        if tile_size == "auto":
+            padded = (height + -height % self.multiple, width + -width % self.multiple)
+            if tiling.needs_tiling(self.network, *padded, budget):
+                # Half the budget for a tile's forward, half for stored activations.
+                tile_size = tiling.auto_tile_size(self.network, self.multiple, budget // 2)
+            else:
+                tile_size = None
+        elif isinstance(tile_size, str):
+            raise ValueError(
+                f"tile_size must be 'auto', a number of pixels or None, got {tile_size!r}."
+            )
+        if tile_size is not None:
+            self.translator = tiling.TiledTranslator(
+                self.network,
+                self.multiple,
+                height,
+                width,
+                in_channels,
+                tile_size=tile_size,
+                overlap=overlap,
+                statistics=statistics,
+                sample_fraction=sample_fraction,
+                device=self.device,
+                budget=budget // 2,
+                scratch=scratch,
+            )
+        elif statistics not in tiling.STATISTICS_MODES:
+            raise ValueError(
+                f"Unknown statistics mode {statistics!r}; choose one of {tiling.STATISTICS_MODES}."
+            )
+        self.steps_per_plane = 1 if self.translator is None else self.translator.n_steps
+        self.output_shape = self.layout.output_shape(self.out_channels)
+
+    @property
+    def tile_size(self) -> int | None:
+        """Tile side used, or None when planes go through whole."""
+        return None if self.translator is None else self.translator.tile
+
+    def plane_steps(self, plane, write: tiling.RegionWriter) -> Iterator[None]:
+        """Translate one ``(C, Y, X)`` plane (numpy or dask), passing translated regions
+        in [-1, 1] to ``write``; yields after each step."""
+        if self.translator is None:
+            values = np.asarray(plane)
+            check_finite(values)
+            x = torch.from_numpy(self.norm_in.normalize(values)).to(self.device)
+            y = run_generator(self.network, x[None], self.multiple)[0].float().cpu().numpy()
+            write(0, y.shape[-2], 0, y.shape[-1], y)
+            yield
+            return
+
+        def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            values = np.asarray(plane[:, y0:y1, x0:x1])
+            check_finite(values)
+            return self.norm_in.normalize(values)
+
+        yield from self.translator.steps(read, write)
+
+    def output_index(
+        self, plane: int, y0: int, y1: int, x0: int, x1: int
+    ) -> tuple[tuple, int | None]:
+        """Index of a plane region in the output, and where the region's channel axis goes
+        among the indexed result's axes (None for a single-channel output)."""
+        return _output_index(self.layout, self.out_channels, plane, (y0, y1, x0, x1))
+
+
+def _output_index(
+    layout: ImageLayout, out_channels: int, plane: int, region: tuple[int, int, int, int]
+) -> tuple[tuple, int | None]:
+    ndim = len(layout.output_shape(out_channels))
+    if out_channels == 1:
+        channel_axis = None
+    elif layout.channel_axis is None:
+        channel_axis = ndim - 1
+    else:
+        channel_axis = layout.channel_axis
+    other_axes = [a for a in range(ndim) if a != channel_axis]
+    leading = np.unravel_index(plane, layout.leading_shape) if layout.leading_shape else ()
+    index: list = [slice(None)] * ndim
+    for axis, position in zip(other_axes[:-2], leading, strict=True):
+        index[axis] = int(position)
+    index[other_axes[-2]] = slice(region[0], region[1])
+    index[other_axes[-1]] = slice(region[2], region[3])
+    if channel_axis is None:
+        return tuple(index), None
+    return tuple(index), sum(1 for a in other_axes[-2:] if a < channel_axis)
+
+
+def _open_output(output, job: _Job):
+    """The array the result is written into: a new numpy array, a new zarr array at a
+    path, or the given array once its shape is checked."""
+    shape = job.output_shape
+    if output is None:
+        return np.empty(shape, job.dtype)
+    if isinstance(output, (str, os.PathLike)):
+        import zarr
+
+        spatial = min(job.tile_size or _OUTPUT_CHUNK, _OUTPUT_CHUNK * 4)
+        chunks = _output_chunks(job, spatial)
+        return zarr.open_array(
+            store=str(output), mode="w", shape=shape, dtype=job.dtype, chunks=chunks
+        )
+    if tuple(output.shape) != tuple(shape):
+        raise ValueError(
+            f"The output array has shape {tuple(output.shape)} but the result has shape "
+            f"{tuple(shape)}; pass an array of that shape, or a path to create one."
+        )
+    return output
+
+
+def _output_chunks(job: _Job, spatial: int) -> tuple[int, ...]:
+    """One plane (or a tile of it) per chunk, channels together."""
+    index, _ = job.output_index(0, 0, 1, 0, 1)
+    chunks = []
+    for size, item in zip(job.output_shape, index, strict=True):
+        if isinstance(item, int):
+            chunks.append(1)
+        elif item == slice(None):
+            chunks.append(size)
+        else:
+            chunks.append(min(size, spatial))
+    return tuple(chunks)
+
+
+def _translate_lazy(image, model, direction: str, **options):
+    """A dask array whose planes are translated when (and only when) they are computed."""
+    job = _Job(image, model, direction, **options)
+    planes = job.planes.rechunk({0: 1, 1: -1, 2: -1, 3: -1})
+    height, width = job.layout.spatial_shape
+    chunks = ((1,) * job.n_planes, (job.out_channels,), (height,), (width,))
+
+    def translate_block(block: np.ndarray) -> np.ndarray:
+        out = np.empty((1, job.out_channels, height, width), job.dtype)
+
+        def write(y0: int, y1: int, x0: int, x1: int, values: np.ndarray) -> None:
+            out[0, :, y0:y1, x0:x1] = job.norm_out.denormalize(values)
+
+        for _ in job.plane_steps(block[0], write):
+            pass
+        return out
+
+    translated = planes.map_blocks(
+        translate_block, dtype=job.dtype, chunks=chunks, meta=np.empty((0, 0, 0, 0), job.dtype)
+    )
+    return from_planes(translated, job.layout)
+
+
+def _is_dask(image) -> bool:
+    return type(image).__module__.startswith("dask.")
+
+
 def _as_array(image):
-    if hasattr(image, "shape") and hasattr(image, "dtype"):
+    """numpy and dask arrays as they are; other sliceable arrays (zarr, h5py) as dask
+    arrays, so that they are read lazily; anything else through ``numpy.asarray``."""
+    if isinstance(image, np.ndarray) or _is_dask(image):
         return image
+    if hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__"):
+        import dask.array as da
+
+        return da.from_array(image, chunks=getattr(image, "chunks", "auto"))
     return np.asarray(image)
 
 
 def _norms(
     model: CycleStyleModel, direction: str, planes, dtype, out_channels: int
 ) -> tuple[IntensityNorm, IntensityNorm]:
-    """Source and target normalisations; imported models derive them from the input."""
+    """Source and target normalisations; imported models derive them from the input
+    (from up to four planes, read with a stride keeping about a million pixels each)."""
     norm_in, norm_out = model.norms(direction)
     dtype = np.dtype(dtype)
     if dtype.kind not in "biuf":
         raise ValueError(f"Images of dtype {dtype} cannot be translated; use numbers.")
     if norm_in is None:
-        sample = np.asarray(planes[: min(len(planes), 4)])
+        stride = max(1, math.ceil(math.sqrt(planes.shape[-2] * planes.shape[-1] / _FIT_PIXELS)))
+        sample = np.asarray(planes[: min(len(planes), 4), :, ::stride, ::stride])
         check_finite(sample)
         in_unit_range = dtype.kind == "f" and sample.min() >= 0 and sample.max() <= 1
         norm_in = fit_intensity(
