@@ -10,11 +10,20 @@ containers.
 A training checkpoint (``*.checkpoint.pt``) holds what exact resume needs: all four
 networks, optimiser states, pools and random states; it too loads with
 ``weights_only=True``.
+
+Nothing read from a file is trusted: the description is validated, the networks it
+describes are first built on PyTorch's ``meta`` device (no memory) and compared, key by
+key and shape by shape, with the stored tensors, and weights holding NaN or Inf are
+refused, all before any real network is allocated. Every problem is a
+:class:`ModelFileError` naming the file. See ``SECURITY.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
+import math
 import os
 import re
 import tempfile
@@ -22,12 +31,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import Config, ConfigError, ModelConfig
 from .intensity import IntensityNorm
 from .model import CycleStyleModel, build_generators
-from .networks import build_generator, infer_generator_spec, strip_legacy_norm_keys
+from .networks import (
+    build_discriminator,
+    build_generator,
+    infer_generator_spec,
+    strip_legacy_norm_keys,
+)
 
 FORMAT_NAME = "napari-cyclestyle"
 FORMAT_VERSION = 1
@@ -43,7 +59,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
     Readers see the old file or the new one, never a half-written one; on failure
-    (disk full, interruption) the old file is left as it was.
+    (disk full, interruption) the old file is left as it was. The temporary file
+    (``.<name>.<pid>.<random>.tmp`` beside ``path``) is flushed to disk before the
+    rename, and the folder after it. Temporary files of earlier writers of ``path``
+    that were killed mid-write are removed first.
 
     Raises
     ------
@@ -52,7 +71,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -64,6 +86,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if isinstance(error, OSError):
             raise OSError(error.errno, f"Could not write {path}: {error.strerror}") from error
         raise
+    _sync_folder(path.parent)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.*.tmp`` siblings whose writing process no longer exists."""
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.fullmatch(sibling.name)
+        if match and not _process_exists(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                sibling.unlink()
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a writer's pid: leave the file alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort; not possible everywhere)."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def save_model(model: CycleStyleModel, path: str | os.PathLike) -> Path:
@@ -158,48 +217,147 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             f"bytes declared, {len(data)} bytes in the file)."
         )
     try:
-        header = json.loads(data[8 : 8 + header_size])
-        metadata = header.get("__metadata__") or {}
+        # safetensors checks every tensor's dtype, shape and extent against the file.
         tensors = load(data)
-    except (SafetensorError, ValueError, RuntimeError, AttributeError) as error:
+        header = json.loads(data[8 : 8 + header_size])
+    except (SafetensorError, ValueError, RecursionError) as error:
         raise ModelFileError(f"{path}: not a readable safetensors file ({error}).") from error
-    return tensors, metadata
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return tensors, metadata or {}
 
 
 def _load_ours(path: Path) -> CycleStyleModel:
     tensors, metadata = _read_safetensors(path)
     if FORMAT_NAME not in metadata:
         raise ModelFileError(f"{path}: a safetensors file, but not a napari-cyclestyle model.")
-    try:
-        header = json.loads(metadata[FORMAT_NAME])
-        if header.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelFileError(
-                f"{path}: written by a newer napari-cyclestyle (format "
-                f"{header['format_version']}); upgrade the package to load it."
-            )
-        config = ModelConfig(**header["model"])
-        norm_a = IntensityNorm.from_dict(header["norm_a"]) if header.get("norm_a") else None
-        norm_b = IntensityNorm.from_dict(header["norm_b"]) if header.get("norm_b") else None
-        info = dict(header.get("info") or {})
-    except ModelFileError:
-        raise
-    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ModelFileError(f"{path}: the model description is invalid ({error}).") from error
-    generator_ab, generator_ba = build_generators(config)
-    networks = {"G": generator_ab, "F": generator_ba}
+    config, norm_a, norm_b, info = _parse_description(path, metadata[FORMAT_NAME])
     present = {key.split(".", 1)[0] for key in tensors}
-    if not present or not present <= set(networks):
+    if not present or not present <= {"G", "F"}:
         raise ModelFileError(f"{path}: expected G.* and F.* weights, found {sorted(present)}.")
+    states = {
+        prefix: {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        for prefix in ("G", "F")
+        if prefix in present
+    }
+    described = _described_networks(path, config, discriminators=False)
+    for prefix, state in states.items():
+        _check_state(described[prefix], state, f"{path} ({prefix})")
+    networks: dict[str, nn.Module | None] = dict(
+        zip(("G", "F"), build_generators(config), strict=True)
+    )
     for prefix, network in networks.items():
-        if prefix not in present:
+        if prefix in states:
+            _load_state(network, states[prefix], f"{path} ({prefix})")
+        else:
             networks[prefix] = None
-            continue
-        state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        _load_state(network, state, f"{path} ({prefix})")
     return CycleStyleModel(config, networks["G"], networks["F"], norm_a, norm_b, info)
 
 
-def _load_state(network: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+def _parse_description(
+    path: Path, text: str
+) -> tuple[ModelConfig, IntensityNorm | None, IntensityNorm | None, dict]:
+    """The configuration, normalisations and provenance stored in a model file."""
+    try:
+        header = json.loads(text)
+        if not isinstance(header, dict):
+            raise TypeError("it is not a JSON object")
+        version = header.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"format_version must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"{path}: written by a newer napari-cyclestyle (format {version}); upgrade "
+                "the package to load it."
+            )
+        if not isinstance(header.get("model"), dict):
+            raise TypeError("the 'model' entry must be a JSON object")
+        config = ModelConfig(**header["model"])
+        norm_a = _parse_norm(header.get("norm_a"), config.channels_a, "norm_a")
+        norm_b = _parse_norm(header.get("norm_b"), config.channels_b, "norm_b")
+        info = header.get("info") or {}
+        if not isinstance(info, dict):
+            raise TypeError("the 'info' entry must be a JSON object")
+    except ModelFileError:
+        raise
+    except (ConfigError, KeyError, TypeError, ValueError, RecursionError) as error:
+        detail = f"missing entry {error}" if isinstance(error, KeyError) else str(error)
+        raise ModelFileError(f"{path}: the model description is invalid ({detail}).") from error
+    return config, norm_a, norm_b, info
+
+
+def _parse_norm(data: Any, n_channels: int, name: str) -> IntensityNorm | None:
+    """An :class:`IntensityNorm` from its stored form, checked to be usable."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError(f"{name} must be a JSON object, got {type(data).__name__}")
+    norm = IntensityNorm.from_dict(data)
+    if np.dtype(norm.dtype).kind not in "biuf":
+        raise ValueError(f"{name} has dtype {norm.dtype!r}; expected a numeric dtype")
+    if not all(math.isfinite(value) for value in norm.low + norm.high):
+        raise ValueError(f"{name} has non-finite bounds {norm.low}, {norm.high}")
+    if norm.n_channels not in (1, n_channels):
+        raise ValueError(f"{name} describes {norm.n_channels} channels, the model {n_channels}")
+    return norm
+
+
+def _described_networks(
+    path: Path, config: ModelConfig, discriminators: bool
+) -> dict[str, nn.Module]:
+    """The networks ``config`` describes, on the meta device: shapes without memory."""
+    try:
+        with torch.device("meta"):
+            generator_ab, generator_ba = build_generators(config)
+            networks = {"G": generator_ab, "F": generator_ba}
+            if discriminators:
+                for name, channels in (("D_A", config.channels_a), ("D_B", config.channels_b)):
+                    networks[name] = build_discriminator(
+                        config.discriminator,
+                        channels,
+                        config.ndf,
+                        config.n_layers_discriminator,
+                        config.norm,
+                    )
+    except (RuntimeError, OverflowError, ValueError) as error:
+        raise ModelFileError(
+            f"{path}: the description asks for a network that cannot be built ({error})."
+        ) from error
+    return networks
+
+
+def _check_state(network: nn.Module, state: Mapping[str, Any], where: str) -> None:
+    """Refuse a state dict that does not fit ``network`` (which may live on the meta
+    device): missing or extra keys, other shapes or kinds, NaN or Inf values."""
+    expected = network.state_dict()
+    problems = [f"missing {key}" for key in expected if key not in state]
+    problems += [f"unexpected {key}" for key in state if key not in expected]
+    for key, value in state.items():
+        if key not in expected:
+            continue
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif value.shape != expected[key].shape:
+            problems.append(
+                f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+            )
+        elif value.is_floating_point() != expected[key].is_floating_point():
+            problems.append(f"{key} has dtype {value.dtype}, expected {expected[key].dtype}")
+    if problems:
+        more = f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
+        raise ModelFileError(
+            f"{where}: the weights do not fit the described network "
+            f"({'; '.join(problems[:4])}{more})."
+        )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise ModelFileError(
+            f"{where}: the weights {', '.join(broken[:3])} hold NaN or Inf values; the file "
+            "is damaged."
+        )
+
+
+def _load_state(network: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Load a state dict already passed by :func:`_check_state`; eval mode."""
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -225,13 +383,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path}: no such file.")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path}: the file is empty.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors come in many types
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            message = "it holds Python objects that could run code; refusing to load it"
-        raise ModelFileError(f"{path}: not a loadable weights file ({message}).") from error
+    state = _torch_load(path, "not a loadable weights file")
+    if isinstance(state, Mapping) and state.get("format") == FORMAT_NAME + "-checkpoint":
+        raise ModelFileError(
+            f"{path}: a training checkpoint, not a model; resume training from it, or load "
+            f"the model file ({MODEL_SUFFIX}) written beside it."
+        )
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(
@@ -239,6 +396,40 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ):
         raise ModelFileError(f"{path}: expected a state_dict of tensors.")
     return {str(k).removeprefix("module."): v for k, v in state.items()}
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (no code runs), with
+    every tensor checked to hold the data it claims."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors come in many types
+        text = str(error).strip()
+        message = text.splitlines()[0] if text else repr(error)
+        if "weights_only" in text or "Unsupported global" in text:
+            message = "it holds Python objects that could run code; refusing to load it"
+        raise ModelFileError(f"{path}: {what} ({message}).") from error
+    for key, tensor in _tensors(state):
+        # A crafted view (e.g. zero strides) can claim far more values than it stores.
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise ModelFileError(
+                f"{path}: the tensor {key} claims {tuple(tensor.shape)} values but stores "
+                "fewer; the file is damaged or crafted."
+            )
+    return state
+
+
+def _tensors(value: Any, key: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor inside nested dicts, lists and tuples, with its key path."""
+    if isinstance(value, torch.Tensor):
+        return [(key or "(top level)", value)]
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return []
+    return [found for k, v in items for found in _tensors(v, f"{key}.{k}" if key else str(k))]
 
 
 def _load_reference_generator(path: Path, generator: str | None) -> torch.nn.Module:
@@ -259,7 +450,9 @@ def _load_reference_generator(path: Path, generator: str | None) -> torch.nn.Mod
         norm=spec["norm"],
         dropout=spec["dropout"],
     )
-    _load_state(network, strip_legacy_norm_keys(state, network), str(path))
+    state = strip_legacy_norm_keys(state, network)
+    _check_state(network, state, str(path))
+    _load_state(network, state, str(path))
     network.spec = spec
     return network
 
@@ -315,8 +508,11 @@ def _load_reference_folder(folder: Path, generator: str | None) -> CycleStyleMod
 
 def _is_safetensors(path: Path) -> bool:
     """safetensors files start with an 8-byte little-endian header size, then '{'."""
-    with path.open("rb") as file:
-        head = file.read(9)
+    try:
+        with path.open("rb") as file:
+            head = file.read(9)
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot be read ({error.strerror}).") from error
     return len(head) == 9 and head[8:9] == b"{"
 
 
@@ -342,18 +538,60 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint written by :func:`save_checkpoint`, executing no code.
 
+    Its configuration, normalisations and random states are validated, and the four
+    networks' weights are checked against the networks the configuration describes.
+
     Raises
     ------
     ModelFileError
-        If the file is missing or not a napari-cyclestyle checkpoint.
+        If the file is missing, not a napari-cyclestyle checkpoint, or damaged.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such checkpoint file.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ModelFileError(f"{path}: not a readable checkpoint ({error}).") from error
+    if _is_safetensors(path):
+        raise ModelFileError(
+            f"{path}: a model file, not a training checkpoint; training resumes from the "
+            f"{CHECKPOINT_SUFFIX} file written beside the model."
+        )
+    state = _torch_load(path, "not a readable checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT_NAME + "-checkpoint":
         raise ModelFileError(f"{path}: not a napari-cyclestyle training checkpoint.")
+    _check_checkpoint(path, state)
     return state
+
+
+# Checkpoint entries checked on load, and their types. The optimiser, pool and data-stream
+# entries belong to the trainer, which restores them.
+_CHECKPOINT_ENTRIES = {
+    "version": str,
+    "step": int,
+    "config": str,
+    "norm_a": str,
+    "norm_b": str,
+    "networks": dict,
+    "torch_rng": torch.Tensor,
+}
+
+
+def _check_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose configuration, normalisations, random state or
+    networks could not restore a trainer."""
+    try:
+        for key, kind in _CHECKPOINT_ENTRIES.items():
+            if not isinstance(state[key], kind) or isinstance(state[key], bool):
+                raise TypeError(f"{key} is a {type(state[key]).__name__}, not a {kind.__name__}")
+        if state["step"] < 0:
+            raise ValueError(f"step is {state['step']}")
+        config = Config.from_json(state["config"]).model
+        _parse_norm(json.loads(state["norm_a"]), config.channels_a, "norm_a")
+        _parse_norm(json.loads(state["norm_b"]), config.channels_b, "norm_b")
+        torch.Generator().set_state(state["torch_rng"])
+    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, RecursionError) as error:
+        detail = f"missing entry {error}" if isinstance(error, KeyError) else str(error)
+        raise ModelFileError(f"{path}: a damaged training checkpoint ({detail}).") from error
+    described = _described_networks(path, config, discriminators=True)
+    for name, network in described.items():
+        if not isinstance(state["networks"].get(name), Mapping):
+            raise ModelFileError(f"{path}: a damaged training checkpoint (no {name} weights).")
+        _check_state(network, state["networks"][name], f"{path} ({name})")
