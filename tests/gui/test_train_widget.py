@@ -234,7 +234,8 @@ def test_the_window_stays_responsive_while_training(
     assert still_running and steps_done >= 3, "training did not run during the measurement"
     worst = int(np.argmax(gaps))
     assert gaps.max() < 0.5, (
-        f"the GUI froze for {gaps.max():.2f} s, {ticks[worst] - started:.2f} s into the measurement"
+        f"the GUI froze for {gaps.max():.2f} s, "
+        f"{ticks[worst] - started:.2f} s into the measurement"
     )
 
 
