@@ -256,10 +256,6 @@ def test_running_out_of_memory_in_training_gives_advice(tmp_path, gray_domains, 
     assert load_model(tmp_path / "m.safetensors").info["steps"] == 3  # the work is kept
 
 
-@pytest.mark.xfail(
-    reason="inference.py does not translate out-of-memory errors into advice yet",
-    strict=True,
-)
 def test_running_out_of_memory_in_translation_advises_tiling(monkeypatch):
     from napari_cyclestyle.inference import translate
 

@@ -224,3 +224,14 @@ def test_time_the_consumer_holds_the_loop_does_not_count_as_training(
         now[0] += 100.0  # a paused GUI worker holds the loop
     assert [e.elapsed for e in events] == [2.0, 4.0, 6.0]
     assert events[0].steps_per_second == 0.5 and events[0].seconds_left == 4.0
+
+
+def test_a_checkpoint_with_damaged_training_state_is_a_clear_error(tmp_path, gray_domains):
+    from napari_cyclestyle.model_file import ModelFileError, save_checkpoint
+
+    list(train(*gray_domains, tiny_config(), output=tmp_path / "m.safetensors"))
+    state = load_checkpoint(tmp_path / "m.checkpoint.pt")
+    state["data_streams"] = "{not json"
+    save_checkpoint(state, tmp_path / "damaged.checkpoint.pt")
+    with pytest.raises(ModelFileError, match="damaged.checkpoint.pt: a damaged training"):
+        Trainer(*gray_domains, resume=tmp_path / "damaged.checkpoint.pt")

@@ -676,9 +676,6 @@ def _run_translate(args: argparse.Namespace) -> int:
     progress = ProgressLine(sys.stderr)
     for index, (source, target, named) in enumerate(targets, 1):
         image = read_image(source)
-        channel_axis = args.channel_axis
-        if channel_axis is None and image.ndim == 3 and image.shape[-1] in (3, 4):
-            channel_axis = -1  # an image file of shape (Y, X, 3|4) is RGB(A), not a stack
 
         def show(done: int, total: int, index=index, source=source) -> None:
             if progress.interactive and total > 1:
@@ -692,7 +689,7 @@ def _run_translate(args: argparse.Namespace) -> int:
                 model,
                 direction,
                 device=device,
-                channel_axis=channel_axis,
+                channel_axis=args.channel_axis,
                 progress=show,
                 tile_size=args.tile_size,
                 overlap=args.overlap,

@@ -54,6 +54,16 @@ def describe_device(device: torch.device) -> str:
     return device.type
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device running out of memory (CUDA, MPS or the CPU
+    allocator), which deserves advice rather than a traceback."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    phrases = ("out of memory", "not enough memory", "can't allocate memory")
+    return isinstance(error, RuntimeError) and any(phrase in text for phrase in phrases)
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())

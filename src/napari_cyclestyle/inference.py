@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional
 
 from . import tiling
-from .devices import resolve_device
+from .devices import is_out_of_memory, resolve_device
 from .intensity import IntensityNorm, check_finite, fit_intensity
 from .layout import ImageLayout, from_planes, infer_layout, to_planes
 from .model import CycleStyleModel, parse_direction
@@ -195,11 +196,33 @@ def translate_steps(
             else:
                 result[index] = np.moveaxis(block, 0, channel_position)
 
-        for _ in job.plane_steps(source, write):
-            done += 1
-            yield TranslateProgress(
-                done, total, result if done == total else None, plane, job.n_planes
-            )
+        with _out_of_memory_advice(job):
+            for _ in job.plane_steps(source, write):
+                done += 1
+                yield TranslateProgress(
+                    done, total, result if done == total else None, plane, job.n_planes
+                )
+
+
+class TranslationOutOfMemory(RuntimeError):
+    """The device ran out of memory while translating; the message says what to change."""
+
+
+@contextmanager
+def _out_of_memory_advice(job: _Job):
+    try:
+        yield
+    except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(error):
+            raise
+        if job.device.type == "cuda":
+            torch.cuda.empty_cache()
+        smaller = max(job.multiple, (job.tile_size or 1024) // 2)
+        raise TranslationOutOfMemory(
+            f"Out of memory on {job.device} while translating"
+            + (f" with {job.tile_size}-pixel tiles" if job.tile_size else " a whole plane")
+            + f". Pass a smaller tile_size= (e.g. {smaller}), or device='cpu'."
+        ) from error
 
 
 @torch.inference_mode()
@@ -207,10 +230,12 @@ def run_generator(network: nn.Module, batch: torch.Tensor, multiple: int) -> tor
     """Run ``network`` on a ``(N, C, Y, X)`` batch in [-1, 1] of any spatial size.
 
     The batch is reflect-padded up to a multiple of ``multiple`` (the architecture's
-    stride product) and the output cropped back, so the output has the input's size.
+    stride product), and to at least twice that so that the innermost layers keep more
+    than one pixel, and the output cropped back, so the output has the input's size.
     """
     height, width = batch.shape[-2:]
-    pad_y, pad_x = -height % multiple, -width % multiple
+    pad_y = max(-height % multiple, 2 * multiple - height)
+    pad_x = max(-width % multiple, 2 * multiple - width)
     if pad_y or pad_x:
         # Reflection needs the pad to be smaller than the size; replicate tiny images.
         mode = "reflect" if pad_y < height and pad_x < width else "replicate"

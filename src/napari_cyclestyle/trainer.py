@@ -22,6 +22,7 @@ from torch import nn
 from . import __version__, distributed
 from .config import Config
 from .data import Domain
+from .devices import is_out_of_memory
 from .distributed import wrap
 from .intensity import IntensityNorm
 from .losses import GANLoss, ImagePool, cycle_loss
@@ -30,6 +31,7 @@ from .model_file import (
     CHECKPOINT_SUFFIX,
     FORMAT_NAME,
     MODEL_SUFFIX,
+    ModelFileError,
     load_checkpoint,
     save_checkpoint,
     save_model,
@@ -158,6 +160,7 @@ class Trainer:
         channel_axis_a: int | None = None,
         channel_axis_b: int | None = None,
     ):
+        self._resume_path = resume
         checkpoint = load_checkpoint(resume) if resume is not None else None
         norm_a: IntensityNorm | str = "auto"
         norm_b: IntensityNorm | str = "auto"
@@ -480,12 +483,8 @@ class Trainer:
         try:
             real_a, real_b = self._sample()
             return self._train_step(real_a, real_b)
-        except (torch.OutOfMemoryError, RuntimeError) as error:
-            text = str(error)
-            if not isinstance(error, torch.OutOfMemoryError) and not any(
-                phrase in text
-                for phrase in ("out of memory", "not enough memory", "can't allocate")
-            ):
+        except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(error):
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -635,6 +634,15 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         """Continue from a checkpoint (the networks' weights are loaded before wrapping)."""
+        try:
+            self._restore_training_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise ModelFileError(
+                f"{self._resume_path}: a damaged training checkpoint ({error!r}); resume "
+                "from an earlier copy or start a new run."
+            ) from error
+
+    def _restore_training_state(self, state: dict) -> None:
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
         # Another world size redistributes the patches' streams and the ranks' pools.
