@@ -154,3 +154,26 @@ def test_cancel_adds_no_layer(viewer, loaded, wait_done):
 
     assert len(viewer.layers) == n_layers
     assert loaded.last_layer is None
+
+
+def test_a_dask_layer_gets_a_lazy_result_computing_only_the_planes_shown(viewer, loaded):
+    import dask.array as da
+    from qtpy.QtWidgets import QApplication
+
+    stack = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, 64, 64)), name="lazy stack")
+    forwards = []
+    hook = loaded.loaded_model.generator_ab.register_forward_hook(
+        lambda *_: forwards.append(viewer.dims.current_step[0])
+    )
+    loaded.image.value = layer
+    loaded.run()
+    QApplication.processEvents()  # let the canvas draw the new layer
+    hook.remove()
+
+    result = loaded.last_layer
+    assert result.name == viewer.layers[-1].name == "lazy stack [G: A→B]"
+    assert result.data.shape == (6, 64, 64, 3)
+    assert type(result.data).__module__.startswith("dask")
+    # the plane on screen, and at most one more that napari reads to check the layer
+    assert 1 <= len(forwards) <= 2

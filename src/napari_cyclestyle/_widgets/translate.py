@@ -252,6 +252,9 @@ class TranslateWidget(Container):
             "out_channels": out_channels,
         }
         avoid_llvm_clash()
+        if type(data).__module__.startswith("dask."):
+            self._add_lazy(data, job, channel_axis)
+            return
         self.progress.value = 0
         self.status.value = f"translating {layer.name}…"
         worker = _translate_worker(data, model, direction, self.device.value, channel_axis)
@@ -260,6 +263,21 @@ class TranslateWidget(Container):
         self.worker = worker
         self._set_controls(running=True)
         worker.start()
+
+    def _add_lazy(self, data, job: dict, channel_axis) -> None:
+        """A dask-backed layer gives a lazy result: napari computes the planes it shows."""
+        from ..inference import translate
+
+        try:
+            lazy = translate(
+                data, job["model"], job["direction"], device=self.device.value,
+                channel_axis=channel_axis,
+            )  # fmt: skip
+        except ValueError as error:
+            show_error(str(error))
+            return
+        self.last_layer = self._add_result(lazy, job)
+        self.status.value = f"added '{self.last_layer.name}' (lazy: planes computed when shown)"
 
     def cancel(self, _=None) -> None:
         """Cancel the running translation; no layer is added."""
@@ -299,7 +317,7 @@ class TranslateWidget(Container):
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
 
-    def _add_result(self, result: np.ndarray, job: dict):
+    def _add_result(self, result, job: dict):
         """Add ``result`` as a new layer with the input's spatial metadata."""
         layer, direction, model = job["layer"], job["direction"], job["model"]
         result, rgb, dims = result_display(result, layer, job["layout"], job["out_channels"])
