@@ -32,7 +32,7 @@ from .devices import is_out_of_memory, resolve_device
 from .intensity import IntensityNorm, check_finite, fit_intensity
 from .layout import ImageLayout, from_planes, infer_layout, to_planes
 from .model import CycleStyleModel, parse_direction
-from .networks import size_multiple
+from .networks import minimum_size, size_multiple
 
 # Pixels per plane read when fitting the input range of an imported model.
 _FIT_PIXELS = 1_000_000
@@ -226,16 +226,19 @@ def _out_of_memory_advice(job: _Job):
 
 
 @torch.inference_mode()
-def run_generator(network: nn.Module, batch: torch.Tensor, multiple: int) -> torch.Tensor:
+def run_generator(
+    network: nn.Module, batch: torch.Tensor, multiple: int, minimum: int = 0
+) -> torch.Tensor:
     """Run ``network`` on a ``(N, C, Y, X)`` batch in [-1, 1] of any spatial size.
 
     The batch is reflect-padded up to a multiple of ``multiple`` (the architecture's
-    stride product), and to at least twice that so that the innermost layers keep more
-    than one pixel, and the output cropped back, so the output has the input's size.
+    stride product, :func:`~napari_cyclestyle.networks.size_multiple`) and to at least
+    ``minimum`` pixels (:func:`~napari_cyclestyle.networks.minimum_size`), and the output
+    cropped back, so the output has the input's size.
     """
     height, width = batch.shape[-2:]
-    pad_y = max(-height % multiple, 2 * multiple - height)
-    pad_x = max(-width % multiple, 2 * multiple - width)
+    pad_y = max(-height % multiple, minimum - height)
+    pad_x = max(-width % multiple, minimum - width)
     if pad_y or pad_x:
         # Reflection needs the pad to be smaller than the size; replicate tiny images.
         mode = "reflect" if pad_y < height and pad_x < width else "replicate"
@@ -282,6 +285,7 @@ class _Job:
         self.device = resolve_device(device)
         self.network.to(self.device).eval()
         self.multiple = size_multiple(model.config.generator)
+        self.minimum = minimum_size(model.config.generator)
         height, width = self.layout.spatial_shape
         budget = memory_budget or tiling.memory_budget(self.device)
         self.translator = None
@@ -330,7 +334,8 @@ class _Job:
             values = np.asarray(plane)
             check_finite(values)
             x = torch.from_numpy(self.norm_in.normalize(values)).to(self.device)
-            y = run_generator(self.network, x[None], self.multiple)[0].float().cpu().numpy()
+            y = run_generator(self.network, x[None], self.multiple, self.minimum)[0]
+            y = y.float().cpu().numpy()
             write(0, y.shape[-2], 0, y.shape[-1], y)
             yield
             return

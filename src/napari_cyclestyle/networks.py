@@ -701,6 +701,22 @@ def size_multiple(name: str) -> int:
     return _SIZE_MULTIPLES[name]
 
 
+def minimum_size(name: str) -> int:
+    """Return the smallest height and width the generator takes.
+
+    Its innermost normalised layer needs more than one pixel: twice the size multiple
+    for the ResNet and encoder-decoder generators, the size multiple for the U-Nets
+    (whose innermost block has no norm on its way down).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown.
+    """
+    multiple = size_multiple(name)
+    return multiple if name.startswith("unet") else 2 * multiple
+
+
 # --------------------------------------------------------------------------------------
 # Checkpoint layout helpers
 # --------------------------------------------------------------------------------------
