@@ -613,18 +613,13 @@ def _tile_size(text: str) -> int | str | None:
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
-    from .data import IMAGE_SUFFIXES
+    from .data import list_images
 
     files: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ValueError(
-                    f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})."
-                )
-            files += found
+            files += list_images(path)
         elif path.is_file():
             files.append(path)
         else:

@@ -164,13 +164,10 @@ def _expand(images, name: str) -> Iterable:
         if isinstance(item, str | os.PathLike):
             path = Path(item).expanduser()
             if path.is_dir():
-                files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                if not files:
-                    raise ValueError(
-                        f"Domain {name}: the folder {path} holds no images "
-                        f"({', '.join(IMAGE_SUFFIXES)})."
-                    )
-                yield from files
+                try:
+                    yield from list_images(path)
+                except ValueError as error:
+                    raise ValueError(f"Domain {name}: {error}") from error
             elif path.suffix.lower() == ".txt" and path.is_file():
                 lines = path.read_text().splitlines()
                 entries = [line.strip() for line in lines if line.strip()]
@@ -181,6 +178,20 @@ def _expand(images, name: str) -> Iterable:
                 raise ValueError(f"Domain {name}: {path} does not exist.")
         else:
             yield item
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files (see ``IMAGE_SUFFIXES``) in ``folder``, sorted by name.
+
+    Raises
+    ------
+    ValueError
+        If the folder holds none.
+    """
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"the folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

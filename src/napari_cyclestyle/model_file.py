@@ -40,7 +40,7 @@ from .intensity import IntensityNorm
 from .model import CycleStyleModel, build_generators
 from .networks import (
     build_discriminator,
-    build_generator,
+    generator_from_spec,
     infer_generator_spec,
     strip_legacy_norm_keys,
 )
@@ -442,14 +442,7 @@ def _load_reference_generator(path: Path, generator: str | None) -> torch.nn.Mod
         raise ModelFileError(
             f"{path}: the weights are a {spec['generator']} generator, not {generator}."
         )
-    network = build_generator(
-        spec["generator"],
-        spec["in_channels"],
-        spec["out_channels"],
-        ngf=spec["ngf"],
-        norm=spec["norm"],
-        dropout=spec["dropout"],
-    )
+    network = generator_from_spec(spec)
     state = strip_legacy_norm_keys(state, network)
     _check_state(network, state, str(path))
     _load_state(network, state, str(path))

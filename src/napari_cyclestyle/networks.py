@@ -701,6 +701,18 @@ def size_multiple(name: str) -> int:
     return _SIZE_MULTIPLES[name]
 
 
+def generator_from_spec(spec: Mapping) -> nn.Module:
+    """Build the generator an :func:`infer_generator_spec` result describes."""
+    return build_generator(
+        spec["generator"],
+        spec["in_channels"],
+        spec["out_channels"],
+        ngf=spec["ngf"],
+        norm=spec["norm"],
+        dropout=spec["dropout"],
+    )
+
+
 def minimum_size(name: str) -> int:
     """Return the smallest height and width the generator takes.
 
@@ -849,14 +861,7 @@ def _looks_like_discriminator(state_dict: Mapping[str, Tensor]) -> bool:
 def _layout_mismatches(spec: dict, state_dict: Mapping[str, Tensor]) -> list[str]:
     """Compare ``state_dict`` with the keys and shapes of the network ``spec`` describes."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = build_generator(
-            spec["generator"],
-            spec["in_channels"],
-            spec["out_channels"],
-            ngf=spec["ngf"],
-            norm=spec["norm"],
-            dropout=spec["dropout"],
-        )
+        model = generator_from_spec(spec)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     given = strip_legacy_norm_keys(state_dict, model)
     problems = []
