@@ -177,3 +177,19 @@ def test_a_dask_layer_gets_a_lazy_result_computing_only_the_planes_shown(viewer,
     assert type(result.data).__module__.startswith("dask")
     # the plane on screen, and at most one more that napari reads to check the layer
     assert 1 <= len(forwards) <= 2
+
+
+def test_closing_the_viewer_during_translation_stops_it_and_adds_nothing(viewer, loaded):
+    stack = np.random.default_rng(0).integers(0, 255, (400, 64, 64), dtype=np.uint8)
+    layer = viewer.add_image(stack, name="big stack")
+    before = stack.copy()
+    loaded.image.value = layer
+    loaded.run()
+    state = loaded._state
+
+    viewer.close()
+
+    # the translation's thread has ended, or will end without translating anything
+    assert state.cancelled.is_set() and (state.done.is_set() or not state.started.is_set())
+    assert loaded.last_layer is None
+    assert np.array_equal(stack, before)

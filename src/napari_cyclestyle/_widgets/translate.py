@@ -13,6 +13,7 @@ with the input's spatial metadata. The input layer is never modified. Scripts::
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +45,48 @@ DIRECTIONS = {"AtoB": "G: A → B", "BtoA": "F: B → A"}
 _SPATIAL_ATTRIBUTES = ("scale", "translate", "axis_labels", "units")
 
 
+class _RunState:
+    """What the GUI thread and a translation's worker thread share.
+
+    Cancelling goes through ``cancelled`` rather than the worker's ``quit()``: superqt
+    abandons a quit generator without closing it, which would leave the core's
+    translation (and its scratch files) open; here the worker ends its own loop.
+    """
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+
+    def cancel_and_wait(self, timeout: float) -> None:
+        """Cancel; if the work has begun, wait until it has ended. Work that has not
+        begun sees the cancellation first thing and does nothing."""
+        self.cancelled.set()
+        if self.started.is_set():
+            self.done.wait(timeout)
+
+
 @thread_worker(ignore_errors=True)
-def _translate_worker(data, model, direction: str, device: str, channel_axis):
+def _translate_worker(data, model, direction: str, device: str, channel_axis, state):
     """Yield the core's per-plane progress; errors come out as :class:`Failure`."""
     from ..inference import translate_steps
 
-    yield from failures_yielded(
-        translate_steps(data, model, direction, device=device, channel_axis=channel_axis)
-    )
+    state.started.set()
+    try:
+        if state.cancelled.is_set():
+            return
+        steps = failures_yielded(
+            translate_steps(data, model, direction, device=device, channel_axis=channel_axis)
+        )
+        try:
+            for step in steps:
+                if state.cancelled.is_set():
+                    return
+                yield step
+        finally:
+            steps.close()  # ends the core's translation: its scratch files go
+    finally:
+        state.done.set()
 
 
 class TranslateWidget(Container):
@@ -257,7 +292,10 @@ class TranslateWidget(Container):
             return
         self.progress.value = 0
         self.status.value = f"translating {layer.name}…"
-        worker = _translate_worker(data, model, direction, self.device.value, channel_axis)
+        self._state = _RunState()
+        worker = _translate_worker(
+            data, model, direction, self.device.value, channel_axis, self._state
+        )
         worker.yielded.connect(lambda step: self._on_yielded(step, job))
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -282,19 +320,20 @@ class TranslateWidget(Container):
     def cancel(self, _=None) -> None:
         """Cancel the running translation; no layer is added."""
         if self.worker is not None:
-            self.worker.quit()
+            self._state.cancelled.set()
             self.status.value = "cancelled"
 
-    def shutdown(self) -> None:
-        """Cancel a running translation (the viewer or this widget is closing)."""
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Cancel a running translation and wait until its thread has let go (the
+        viewer or this widget is closing)."""
         trained_models.changed.disconnect(self._on_model_trained)
         if self.worker is not None:
             self._closed = True
-            self.worker.quit()
+            self._state.cancel_and_wait(timeout)
 
     # ------------------------------------------------------------------ events
     def _on_yielded(self, step, job: dict) -> None:
-        if self._closed or self.worker is None or self.worker.abort_requested:
+        if self._closed or self.worker is None or self._state.cancelled.is_set():
             return
         if isinstance(step, Failure):
             show_error(f"Translation failed: {step.message}")
