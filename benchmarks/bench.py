@@ -1,0 +1,625 @@
+"""Speed and memory of napari-cyclestyle on this machine, in one run.
+
+Measures, each in a fresh Python process (so peak memory belongs to one measurement):
+
+- the machine's fp32 matmul rate (a large square matmul, best of a few, after warm-up);
+- training through the real :class:`~napari_cyclestyle.Trainer`: steps/s, images/s,
+  FLOPs per step (``torch.utils.flop_counter``: convolutions and matmuls, forward and
+  backward), the achieved fraction of the matmul rate and peak memory, for
+  resnet_9blocks ngf 64 crop 256, resnet_9blocks ngf 16 crop 64 and the small
+  encoder-decoder crop 128, at batch 1 and 4, with ``batched_forward`` (the default) and,
+  at batch 1, without it (plain eager: one network call per image set);
+- translation (``translate``, resnet_9blocks ngf 64, RGB uint8) of 1024² and 4096² images:
+  megapixels/s, achieved fraction of the matmul rate, peak memory;
+- ``import napari_cyclestyle`` time (fresh processes, best of several);
+- time to open each widget in a napari viewer (under Xvfb when there is no display),
+  once torch is imported.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench.py                  # full run (~15 min on 2 CPU cores)
+    .venv/bin/python benchmarks/bench.py --quick          # tiny sizes, well under a minute
+    .venv/bin/python benchmarks/bench.py --json out.json  # also write every figure as JSON
+    .venv/bin/python benchmarks/bench.py --device cuda    # on a GPU (default: auto)
+
+Prints a table; asserts nothing. The targets of issue 6 are checked at the end of a full
+run. Peak memory is resident memory (``ru_maxrss``) above the process's size just before
+the measured work on CPU, and ``torch.cuda.max_memory_allocated`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PLUGIN = "napari-cyclestyle"
+WIDGETS = ("Train CycleGAN", "Translate")
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    """One training configuration of the benchmark."""
+
+    name: str
+    generator: str
+    ngf: int
+    crop_size: int
+
+
+FULL_CASES = (
+    TrainCase("resnet_9blocks ngf64 crop256", "resnet_9blocks", 64, 256),
+    TrainCase("resnet_9blocks ngf16 crop64", "resnet_9blocks", 16, 64),
+    TrainCase("encoder_decoder ngf64 crop128", "encoder_decoder", 64, 128),
+)
+QUICK_CASES = (
+    TrainCase("resnet_9blocks ngf4 crop32", "resnet_9blocks", 4, 32),
+    TrainCase("encoder_decoder ngf4 crop32", "encoder_decoder", 4, 32),
+)
+BATCH_SIZES = (1, 4)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and repetitions of a full or a quick run."""
+
+    matmul_size: int
+    cases: tuple[TrainCase, ...]
+    min_timed_steps: int
+    min_timed_seconds: float
+    max_timed_steps: int
+    translate_cases: tuple[tuple[int, str], ...]  # (side, tile_size: 'auto' or 'none')
+    translate_ngf: int
+    import_repeats: int
+    extra_warmup: bool  # one more untimed step after the FLOP-counted one, if steps are short
+
+
+FULL_TRANSLATE = ((1024, "auto"), (1024, "none"), (4096, "auto"))
+FULL = Settings(4096, FULL_CASES, 2, 20.0, 50, FULL_TRANSLATE, 64, 5, True)
+QUICK = Settings(512, QUICK_CASES, 1, 0.0, 1, ((128, "auto"), (256, "none")), 4, 2, False)
+
+
+# ------------------------------------------------------------------ helpers (child side)
+def _rss_mib() -> float:
+    """Resident memory of this process now, in MiB."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Memory:
+    """Peak memory of the work done after construction: RSS on CPU, allocator on CUDA."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.baseline = torch.cuda.memory_allocated(device) / 2**20
+        else:
+            self.baseline = _rss_mib()
+        self.device = device
+
+    def peak_mib(self) -> float:
+        """Peak memory above the baseline, in MiB."""
+        import torch
+
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.baseline
+        return max(_peak_rss_mib() - self.baseline, 0.0)
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _count_flops(function) -> float:
+    """FLOPs of ``function()`` as ``torch.utils.flop_counter`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return float(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------ measurements (child)
+def measure_matmul(settings: Settings, device_name: str) -> dict:
+    """fp32 rate of an ``n × n`` matmul (best of several, after warm-up), in GFLOP/s."""
+    import torch
+
+    from napari_cyclestyle.devices import describe_device, resolve_device
+
+    device = resolve_device(device_name)
+    n = settings.matmul_size
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    _synchronize(device)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return {
+        "size": n,
+        "gflops_per_second": 2 * n**3 / best / 1e9,
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _domain_images(crop_size: int, seed: int) -> np.ndarray:
+    """Four random RGB uint8 images, twice the crop size (at least 256) on a side."""
+    side = max(2 * crop_size, 256)
+    return np.random.default_rng(seed).integers(0, 256, (4, side, side, 3), dtype=np.uint8)
+
+
+def measure_training(
+    settings: Settings, case: TrainCase, batch_size: int, batched: bool, device_name: str
+) -> dict:
+    """Speed, FLOPs and peak memory of training steps through :class:`Trainer`."""
+    import torch
+
+    from napari_cyclestyle import Config, ModelConfig, TrainConfig, Trainer
+
+    config = Config(
+        ModelConfig(generator=case.generator, ngf=case.ngf, ndf=case.ngf),
+        TrainConfig(
+            n_steps=10_000,
+            n_steps_decay=0,
+            batch_size=batch_size,
+            crop_size=case.crop_size,
+            batched_forward=batched,
+            device=device_name,
+            checkpoint_every=0,
+            preview_every=0,
+        ),
+    )
+    domain_a, domain_b = _domain_images(case.crop_size, 1), _domain_images(case.crop_size, 2)
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(domain_a, domain_b, config, output=Path(folder) / "bench.safetensors")
+        memory = _Memory(trainer.device)
+        run = trainer.run()
+        # The FLOP-counted step is also the first warm-up (one-time set-up costs).
+        start = time.perf_counter()
+        flops = _count_flops(lambda: next(run))
+        if settings.extra_warmup and time.perf_counter() - start < 5.0:
+            next(run)
+        _synchronize(trainer.device)
+        times: list[float] = []
+        cpu_start = time.process_time()
+        while len(times) < settings.min_timed_steps or (
+            sum(times) < settings.min_timed_seconds and len(times) < settings.max_timed_steps
+        ):
+            start = time.perf_counter()
+            next(run)
+            _synchronize(trainer.device)
+            times.append(time.perf_counter() - start)
+        cpu_seconds = time.process_time() - cpu_start
+        peak = memory.peak_mib()
+        precision = trainer.precision
+        run.close()
+    seconds = sum(times)
+    steps_per_second = len(times) / seconds
+    return {
+        "config": case.name,
+        "batch_size": batch_size,
+        "forward": "batched" if batched else "eager",
+        "precision": precision,
+        "timed_steps": len(times),
+        "step_seconds": times,
+        "steps_per_second": steps_per_second,
+        "images_per_second": steps_per_second * batch_size,
+        "gflop_per_step": flops / 1e9,
+        "gflops_per_second": flops * steps_per_second / 1e9,
+        "peak_mib": peak,
+        "cpu_share": cpu_seconds / seconds / torch.get_num_threads(),
+    }
+
+
+def measure_translation(settings: Settings, size: int, tiling: str, device_name: str) -> dict:
+    """Megapixels/s, FLOP rate and peak memory of ``translate`` on a ``size²`` RGB image,
+    with ``tile_size="auto"`` (what users get) or None (one whole-plane forward)."""
+    import copy
+
+    import torch
+
+    from napari_cyclestyle.config import ModelConfig
+    from napari_cyclestyle.devices import resolve_device
+    from napari_cyclestyle.inference import translate_steps
+    from napari_cyclestyle.intensity import IntensityNorm
+    from napari_cyclestyle.model import CycleStyleModel, build_generators
+
+    device = resolve_device(device_name)
+    torch.manual_seed(0)
+    config = ModelConfig(generator="resnet_9blocks", ngf=settings.translate_ngf)
+    generator_ab, generator_ba = build_generators(config)
+    norm = IntensityNorm("fixed", (0.0,), (255.0,), "uint8")
+    model = CycleStyleModel(config, generator_ab.eval(), generator_ba.eval(), norm, norm)
+    # FLOPs of one whole-image forward, counted on the meta device (no compute).
+    shadow = copy.deepcopy(generator_ab).to("meta")
+    flops = _count_flops(lambda: shadow(torch.empty(1, 3, size, size, device="meta")))
+    rng = np.random.default_rng(0)
+    warm = rng.integers(0, 256, (min(size, 256),) * 2 + (3,), dtype=np.uint8)
+    for _ in translate_steps(warm, model, device=device):
+        pass
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    memory = _Memory(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    n_steps = 0
+    tile_size = None if tiling == "none" else "auto"
+    for step in translate_steps(image, model, device=device, tile_size=tile_size):
+        n_steps = step.total
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
+    return {
+        "size": size,
+        "tile_size": tiling,
+        "ngf": settings.translate_ngf,
+        "steps": n_steps,
+        "seconds": seconds,
+        "megapixels_per_second": size * size / 1e6 / seconds,
+        "gflop": flops / 1e9,
+        "gflops_per_second": flops / seconds / 1e9,
+        "peak_mib": memory.peak_mib(),
+        "cpu_share": cpu_seconds / seconds / torch.get_num_threads(),
+    }
+
+
+def measure_widget(name: str, device_name: str) -> dict:
+    """Seconds to open a plugin widget in a shown napari viewer, torch already imported."""
+    import torch  # noqa: F401  (the target is "once torch is imported")
+
+    start = time.perf_counter()
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    app.processEvents()
+    viewer_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    app.processEvents()
+    seconds = time.perf_counter() - start
+    viewer.close()
+    return {"widget": name, "seconds": seconds, "viewer_seconds": viewer_seconds}
+
+
+# ------------------------------------------------------------------ orchestration (parent)
+def _run_children(
+    specs: list[str], args: argparse.Namespace, wrapper: list[str] | None = None
+) -> list[dict]:
+    """Run measurements in one fresh process; their results, or ``{"error": reason}``."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--one", ";".join(specs)]
+    command += ["--device", args.device] + (["--quick"] if args.quick else [])
+    try:
+        done = subprocess.run(
+            (wrapper or []) + command, capture_output=True, text=True, timeout=1800
+        )
+    except subprocess.TimeoutExpired:
+        return [{"error": "timed out after 30 min"}] * len(specs)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return [{"error": last[:200]}] * len(specs)
+    return json.loads(lines[-1])
+
+
+def _run_isolated(
+    specs: list[str], args: argparse.Namespace, wrapper: list[str] | None = None
+) -> list[dict]:
+    """Each measurement in its own process (full run: peak memory per measurement), or
+    all in one (``--quick``: a few seconds of start-up instead of many)."""
+    if args.quick:
+        _progress(f"{len(specs)} measurements in one process ...")
+        return _run_children(specs, args, wrapper)
+    results = []
+    for spec in specs:
+        _progress(spec + " ...")
+        results += _run_children([spec], args, wrapper)
+    return results
+
+
+def measure_import(repeats: int) -> dict:
+    """Best and median wall time of ``import napari_cyclestyle`` in fresh processes."""
+    code = (
+        "import sys, time; start = time.perf_counter(); import napari_cyclestyle; "
+        "print(time.perf_counter() - start, 'torch' in sys.modules)"
+    )
+    times, torch_imported = [], False
+    for _ in range(repeats):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        seconds, imported = done.stdout.split()
+        times.append(float(seconds))
+        torch_imported |= imported == "True"
+    return {
+        "best_seconds": min(times),
+        "median_seconds": float(np.median(times)),
+        "imports_torch": torch_imported,
+    }
+
+
+def _display_wrapper() -> tuple[list[str] | None, str | None]:
+    """How to give a child process an X display: ([], None), (xvfb-run, None), or a reason."""
+    if os.environ.get("DISPLAY") or sys.platform in ("darwin", "win32"):
+        return [], None
+    if shutil.which("xvfb-run"):
+        return ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24"], None
+    return None, "no display and no xvfb-run"
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_start": os.getloadavg(),
+    }
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    """Every measurement, each in its own process; the collected results."""
+    settings = QUICK if args.quick else FULL
+    results: dict = {"quick": args.quick, "machine": _machine()}
+    training_keys = [
+        (case.name, batch_size, batched)
+        for case in settings.cases
+        for batch_size in BATCH_SIZES
+        for batched in ((True, False) if batch_size == 1 else (True,))
+    ]
+    specs = ["matmul"]
+    specs += [
+        f"train:{name}:{batch_size}:{'batched' if batched else 'eager'}"
+        for name, batch_size, batched in training_keys
+    ]
+    specs += [f"translate:{size}:{tiling}" for size, tiling in settings.translate_cases]
+    measured = _run_isolated(specs, args)
+    results["matmul"] = measured[0]
+    results["training"] = [
+        {"config": name, "batch_size": batch_size, "forward": "batched" if batched else "eager"}
+        | result
+        for (name, batch_size, batched), result in zip(
+            training_keys, measured[1 : 1 + len(training_keys)], strict=True
+        )
+    ]
+    results["translation"] = [
+        {"size": size, "tile_size": tiling} | result
+        for (size, tiling), result in zip(
+            settings.translate_cases, measured[1 + len(training_keys) :], strict=True
+        )
+    ]
+    _progress("import time ...")
+    results["import"] = measure_import(settings.import_repeats)
+    wrapper, reason = _display_wrapper()
+    if args.no_widgets:
+        reason = "skipped (--no-widgets)"
+    if reason:
+        widgets = [{"error": reason} for _ in WIDGETS]
+    else:
+        widgets = _run_isolated([f"widget:{name}" for name in WIDGETS], args, wrapper)
+    widgets = [{"widget": name} | result for name, result in zip(WIDGETS, widgets, strict=True)]
+    results["widgets"] = widgets
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["targets"] = [] if args.quick else check_targets(results)
+    return results
+
+
+def run_one(spec: str, args: argparse.Namespace) -> dict:
+    """One measurement named by ``spec`` (this process's only work)."""
+    settings = QUICK if args.quick else FULL
+    kind, _, rest = spec.partition(":")
+    if kind == "matmul":
+        return measure_matmul(settings, args.device)
+    if kind == "train":
+        name, batch_size, forward = rest.split(":")
+        case = next(case for case in settings.cases if case.name == name)
+        return measure_training(settings, case, int(batch_size), forward == "batched", args.device)
+    if kind == "translate":
+        size, tiling = rest.split(":")
+        return measure_translation(settings, int(size), tiling, args.device)
+    if kind == "widget":
+        return measure_widget(rest, args.device)
+    raise ValueError(f"Unknown measurement {spec!r}.")
+
+
+# ------------------------------------------------------------------ report
+def _find(rows: list[dict], **keys) -> dict:
+    return next((row for row in rows if all(row.get(k) == v for k, v in keys.items())), {})
+
+
+def check_targets(results: dict) -> list[dict]:
+    """The targets of issue 6, each with the measured value and whether it is met."""
+    rate = results["matmul"].get("gflops_per_second")
+    training, targets = results["training"], []
+
+    def fraction(row: dict) -> float | None:
+        if rate and "gflops_per_second" in row:
+            return row["gflops_per_second"] / rate
+        return None
+
+    def add(name: str, value: float | None, goal: float, unit: str, below: bool = False) -> None:
+        met = None if value is None else (value < goal if below else value >= goal)
+        targets.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met})
+
+    big, small = FULL_CASES[0].name, FULL_CASES[1].name
+    add(
+        f"{big} batch 1: fraction of matmul rate",
+        fraction(_find(training, config=big, batch_size=1, forward="batched")),
+        0.8,
+        "",
+    )
+    batched = _find(training, config=small, batch_size=1, forward="batched")
+    eager = _find(training, config=small, batch_size=1, forward="eager")
+    speedup = None
+    if "steps_per_second" in batched and "steps_per_second" in eager:
+        speedup = batched["steps_per_second"] / eager["steps_per_second"]
+    add(f"{small} batch 1: speed-up over plain eager", speedup, 1.5, "x")
+    add(
+        f"{small} batch 4: fraction of matmul rate",
+        fraction(_find(training, config=small, batch_size=4, forward="batched")),
+        0.5,
+        "",
+    )
+    add(
+        "translate 1024² resnet_9blocks ngf64: fraction of matmul rate",
+        fraction(_find(results["translation"], size=1024, tile_size="auto")),
+        0.8,
+        "",
+    )
+    add("import napari_cyclestyle", results["import"].get("best_seconds"), 0.2, "s", True)
+    train_widget = _find(results["widgets"], widget="Train CycleGAN")
+    add("open the training widget", train_widget.get("seconds"), 1.0, "s", True)
+    return targets
+
+
+def _cell(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_report(results: dict) -> str:
+    """The results as a plain-text table (Markdown-friendly)."""
+    machine, matmul = results["machine"], results["matmul"]
+    rate = matmul.get("gflops_per_second")
+    lines = [
+        f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['platform']}, "
+        f"python {machine['python']}",
+        f"device: {matmul.get('device', 'n/a')}, torch {matmul.get('torch', 'n/a')}, "
+        f"{matmul.get('threads', 'n/a')} threads",
+        "load average (1, 5, 15 min) at start: "
+        + ", ".join(f"{x:.2f}" for x in machine["load_average_start"])
+        + "; at end: "
+        + ", ".join(f"{x:.2f}" for x in machine.get("load_average_end", ())),
+        "",
+        f"fp32 matmul {matmul.get('size', '?')}²: {_cell(rate, '.1f')} GFLOP/s"
+        + (f"  ({matmul['error']})" if "error" in matmul else ""),
+        "",
+        "| training (Trainer steps) | batch | forward | steps/s | images/s | GFLOP/step "
+        "| GFLOP/s | of matmul | peak MiB | CPU share |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["training"]:
+        share = row["gflops_per_second"] / rate if rate and "gflops_per_second" in row else None
+        if "error" in row:
+            lines.append(
+                f"| {row['config']} | {row['batch_size']} | {row['forward']} "
+                f"| n/a: {row['error']} | | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {row['config']} | {row['batch_size']} | {row['forward']} "
+            f"| {row['steps_per_second']:.3f} | {row['images_per_second']:.3f} "
+            f"| {row['gflop_per_step']:.1f} | {row['gflops_per_second']:.1f} "
+            f"| {_cell(share, '.0%')} | {row['peak_mib']:.0f} | {row['cpu_share']:.0%} |"
+        )
+    lines += [
+        "",
+        "| translate (resnet_9blocks, RGB uint8) | tile_size | ngf | steps | seconds | MP/s "
+        "| GFLOP | GFLOP/s | of matmul | peak MiB | CPU share |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["translation"]:
+        if "error" in row:
+            lines.append(
+                f"| {row['size']}² | {row['tile_size']} | n/a: {row['error']} | | | | | | | | |"
+            )
+            continue
+        share = row["gflops_per_second"] / rate if rate else None
+        lines.append(
+            f"| {row['size']}² | {row['tile_size']} | {row['ngf']} | {row['steps']} "
+            f"| {row['seconds']:.2f} "
+            f"| {row['megapixels_per_second']:.3f} | {row['gflop']:.0f} "
+            f"| {row['gflops_per_second']:.1f} | {_cell(share, '.0%')} | {row['peak_mib']:.0f} "
+            f"| {row['cpu_share']:.0%} |"
+        )
+    imported = results["import"]
+    lines += [
+        "",
+        f"import napari_cyclestyle: best {imported['best_seconds']:.3f} s, median "
+        f"{imported['median_seconds']:.3f} s (imports torch: "
+        f"{'yes' if imported['imports_torch'] else 'no'})",
+    ]
+    for row in results["widgets"]:
+        if "error" in row:
+            lines.append(f"open widget {row['widget']!r}: n/a ({row['error']})")
+        else:
+            lines.append(
+                f"open widget {row['widget']!r}: {row['seconds']:.2f} s (torch imported; "
+                f"the viewer itself took {row['viewer_seconds']:.1f} s)"
+            )
+    if results["targets"]:
+        lines += ["", "| target | goal | measured | met |", "|---|---:|---:|---|"]
+        for target in results["targets"]:
+            value, goal, unit = target["value"], target["goal"], target["unit"]
+            if unit == "":
+                measured, wanted = _cell(value, ".0%"), f"≥ {goal:.0%}"
+            elif unit == "x":
+                measured, wanted = _cell(value, ".2f") + "×", f"≥ {goal}×"
+            else:
+                measured, wanted = _cell(value, ".3f") + " s", f"< {goal} s"
+            met = {True: "yes", False: "no", None: "n/a"}[target["met"]]
+            lines.append(f"| {target['target']} | {wanted} | {measured} | {met} |")
+    elif results["quick"]:
+        lines += ["", "(--quick: tiny sizes; the targets apply to the full run)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (or, with ``--one``, one measurement) and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (well under a minute)")
+    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--no-widgets", action="store_true", help="skip the widget timings")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps([run_one(spec, args) for spec in args.one.split(";")]))
+        return
+    results = run_all(args)
+    print(format_report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
