@@ -54,6 +54,9 @@ def test_training_run_shows_progress_previews_losses_and_saves_a_model(
     assert len(viewer.layers) == len(layers_before) + 2
     for layer, before in zip(layers_before, data_before, strict=True):
         assert np.array_equal(layer.data, before)
+    # the previews are not offered as training domains
+    offered = {layer.name for layer in train_widget.layers_a.choices}
+    assert not offered & set(PREVIEW_NAMES.values())
     # the loss plot got every logged step and was drawn
     assert train_widget.loss_plot.steps == steps
     assert train_widget.loss_plot.draw_count >= 1

@@ -531,6 +531,7 @@ class TrainWidget(Container):
             )
             self._preview_layers[key] = layer
             self._added_layers.append(layer)
+            self.reset_choices()  # the layer list changed before the preview was known
             if pending:
                 QTimer.singleShot(0, lambda: self._update_previews(pending))
                 return
