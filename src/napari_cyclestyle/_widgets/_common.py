@@ -81,8 +81,11 @@ class Failure:
 
     @property
     def message(self) -> str:
+        from ..devices import is_out_of_memory
+
         text = str(self.error) or type(self.error).__name__
-        if _is_out_of_memory(self.error):
+        # The core's own out-of-memory errors carry advice already; raw ones get it here.
+        if isinstance(self.error, MemoryError) or is_out_of_memory(self.error):
             text += (
                 " — out of memory: try a smaller crop size, batch size or width, or device 'cpu'."
             )
@@ -99,12 +102,6 @@ def failures_yielded(steps: Iterator) -> Iterator:
         yield from steps
     except Exception as error:  # any failure of the core becomes a notification
         yield Failure(error)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    return "out of memory" in str(error).lower()
 
 
 def image_data(layer: Layer):
