@@ -19,6 +19,7 @@ from napari_cyclestyle.networks import (
     UnetSkipBlock,
     build_discriminator,
     build_generator,
+    generator_from_spec,
     infer_generator_spec,
     init_weights,
     size_multiple,
@@ -34,17 +35,6 @@ def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 
 def _n_params(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
-
-
-def _build(spec: dict) -> nn.Module:
-    return build_generator(
-        spec["generator"],
-        spec["in_channels"],
-        spec["out_channels"],
-        ngf=spec["ngf"],
-        norm=spec["norm"],
-        dropout=spec["dropout"],
-    )
 
 
 def _add_legacy_instance_norm_keys(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -409,7 +399,7 @@ def test_infer_generator_spec_round_trip(
         "norm": norm,
         "dropout": dropout,
     }
-    state = _build(spec).state_dict()
+    state = generator_from_spec(spec).state_dict()
 
     inferred = infer_generator_spec(state)
 
@@ -518,7 +508,7 @@ def test_state_dict_loaded_into_inferred_model_gives_identical_output(
     original.eval()
     state = original.state_dict()
 
-    rebuilt = _build(infer_generator_spec(state))
+    rebuilt = generator_from_spec(infer_generator_spec(state))
     rebuilt.load_state_dict(state, strict=True)
     rebuilt.eval()
     x = torch.randn(1, 2, side, side * 2)
