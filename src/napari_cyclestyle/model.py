@@ -84,9 +84,8 @@ class CycleStyleModel:
         direction = parse_direction(direction)
         network = self.generator_ab if direction == "AtoB" else self.generator_ba
         if network is None:
-            available = [d for d in self.directions]
             raise ValueError(
-                f"This model has no {direction} generator; it can translate {available}."
+                f"This model has no {direction} generator; it can translate {self.directions}."
             )
         return network
 
