@@ -8,6 +8,7 @@ to no-ops, so one code path serves both.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -67,10 +68,18 @@ def setup(device: str) -> tuple[DistributedContext, torch.device]:
         raise ValueError("Distributed training is not supported on Apple MPS; use cpu or cuda.")
     if not distributed.is_initialized():
         backend = "nccl" if torch_device.type == "cuda" else "gloo"
+        # A process group left to interpreter teardown can abort the process ("terminate
+        # called without an active exception"); the group we open we also close.
+        atexit.register(_destroy_process_group)
         distributed.init_process_group(
             backend, device_id=torch_device if backend == "nccl" else None
         )
     return context, torch_device
+
+
+def _destroy_process_group() -> None:
+    if distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def wrap(module: nn.Module, context: DistributedContext, device: torch.device) -> nn.Module:
