@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -72,6 +73,54 @@ def _preview_of(preview, real, fake):
     from napari_cyclestyle._widgets.train import preview_image
 
     return preview_image(preview[real], preview[fake])[0]
+
+
+def _pending_imports(monkeypatch, import_modules=None):
+    """Replace the widgets' background imports with fresh ones, which the GUI thread
+    sees as unfinished until its event loop runs; ``import_modules`` replaces the
+    imports themselves."""
+    from napari_cyclestyle._widgets import _common
+
+    if import_modules is not None:
+        monkeypatch.setattr(_common, "_import_heavy_modules", import_modules)
+    imports = _common._BackgroundImports()
+    monkeypatch.setattr(_common, "_imports", imports)
+    return imports
+
+
+def test_losses_added_before_the_plot_canvas_exists_are_drawn_once_it_is(qtbot, monkeypatch):
+    from napari_cyclestyle._widgets._plots import LossPlot
+
+    _pending_imports(monkeypatch)
+    plot = LossPlot(min_interval=0.0)
+    qtbot.addWidget(plot)
+    plot.add(1, {"G_adversarial": 0.5, "identity_A": 0.25, "identity_B": 0.5})
+    plot.add(2, {"G_adversarial": 0.4})
+    assert plot.canvas is None and plot.draw_count == 0
+
+    qtbot.waitUntil(lambda: plot.canvas is not None)
+    assert plot.draw_count == 1
+    steps, values = plot.lines["G adv"].get_data()
+    assert list(steps) == [1, 2] and list(values) == [0.5, 0.4]
+    assert list(plot.lines["identity"].get_ydata()) == [0.75, 0.0]
+
+
+def test_start_during_the_background_imports_waits_in_the_worker(
+    monkeypatch, train_widget, tiny_settings, wait_done, tmp_path
+):
+    release = threading.Event()
+    imports = _pending_imports(monkeypatch, lambda: release.wait(30))
+    tiny_settings(train_widget, tmp_path / "model.safetensors", n_steps=2)
+    events = []
+    train_widget.progressed.connect(events.append)
+
+    train_widget.start()
+
+    assert imports.thread.is_alive()  # start() returned without waiting for them
+    assert train_widget.is_running
+    release.set()
+    wait_done(train_widget)
+    assert [event.step for event in events] == [1, 2] and events[-1].finished
 
 
 def test_stop_mid_run_saves_a_loadable_model(train_widget, tiny_settings, wait_done, tmp_path):

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
+from qtpy.QtCore import Slot
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+from ._common import when_imported
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
 # Drawn as lines, in this order; identity losses are summed into one line.
 _CURVES = {
@@ -26,6 +34,11 @@ class LossPlot(QWidget):
     :meth:`add` records values; the canvas is redrawn at most every
     ``min_interval`` seconds (and always by :meth:`redraw`), so a fast training loop
     cannot flood the GUI thread with drawing.
+
+    Importing matplotlib takes about a second, so the canvas (``figure``, ``axes``,
+    ``lines``, ``canvas``; None or empty until then) is built once the widgets'
+    background imports have finished (see :func:`._common.import_in_background`).
+    Values added before are kept and drawn then.
     """
 
     def __init__(self, parent: QWidget | None = None, min_interval: float = 0.5):
@@ -36,6 +49,21 @@ class LossPlot(QWidget):
         self.draw_count = 0
         self._last_draw = 0.0
         self._dirty = False
+        self.figure: Figure | None = None
+        self.axes: Axes | None = None
+        self.lines: dict[str, Line2D] = {}
+        self.canvas: FigureCanvasQTAgg | None = None
+
+        self.setMinimumHeight(180)  # the canvas's room, kept while it is not built
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        when_imported(self._build_canvas)
+
+    @Slot()
+    def _build_canvas(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
 
         # a fixed layout: tight/constrained layout would redo text measuring every draw
         self.figure = Figure(figsize=(4, 2.4))
@@ -47,11 +75,9 @@ class LossPlot(QWidget):
         self.axes.legend(fontsize=7, ncol=4, loc="upper right", framealpha=0.3)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setStyleSheet("background-color: transparent;")
-        self.canvas.setMinimumHeight(180)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
+        self.layout().addWidget(self.canvas)
+        self.redraw()  # the values added so far
 
     def _style_axes(self) -> None:
         axes = self.axes
@@ -82,8 +108,9 @@ class LossPlot(QWidget):
             self.redraw()
 
     def redraw(self) -> None:
-        """Draw the recorded values now (no-op when nothing changed)."""
-        if not self._dirty:
+        """Draw the recorded values now (no-op when nothing changed, or until the canvas
+        is built: it draws them then)."""
+        if not self._dirty or self.canvas is None:
             return
         for name, line in self.lines.items():
             line.set_data(self.steps, self.values[name])

@@ -48,7 +48,8 @@ from ._common import (
     format_seconds,
     image_data,
     image_layers,
-    import_torch_modules,
+    import_in_background,
+    wait_for_imports,
 )
 from ._plots import LossPlot
 from ._registry import trained_models
@@ -96,6 +97,7 @@ def _training_worker(run: _Run, domain_a, domain_b, config, output, resume, axis
     """Build the trainer and yield its events; errors come out as :class:`Failure`."""
 
     def steps():
+        wait_for_imports()
         from ..trainer import Trainer
 
         trainer = Trainer(
@@ -257,6 +259,7 @@ class TrainWidget(Container):
         self.native.layout().addWidget(fold)
         self.advanced_fold = fold
         self.extend([self.buttons, self.progress, self.status])
+        import_in_background()  # before the loss plot, which waits for matplotlib
         self.loss_plot = LossPlot()
         self.native.layout().addWidget(self.loss_plot)
 
@@ -270,7 +273,6 @@ class TrainWidget(Container):
             event.connect(self._on_layers_changed)
         self._select_sample_layers()
         self._close_watch = StopOnClose(self.native, self.shutdown)
-        import_torch_modules()
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _widget=None):

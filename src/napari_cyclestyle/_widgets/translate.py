@@ -33,7 +33,8 @@ from ._common import (
     failures_yielded,
     image_data,
     image_layers,
-    import_torch_modules,
+    import_in_background,
+    wait_for_imports,
 )
 from ._registry import TrainedModel, trained_models
 
@@ -69,6 +70,7 @@ class _RunState:
 @thread_worker(ignore_errors=True)
 def _translate_worker(data, model, direction: str, device: str, channel_axis, state):
     """Yield the core's per-plane progress; errors come out as :class:`Failure`."""
+    wait_for_imports()
     from ..inference import translate_steps
 
     state.started.set()
@@ -166,7 +168,7 @@ class TranslateWidget(Container):
             event.connect(self._on_layers_changed)
         trained_models.changed.connect(self._on_model_trained)
         self._close_watch = StopOnClose(self.native, self.shutdown)
-        import_torch_modules()
+        import_in_background()
         self._on_model_choice()
 
     # ------------------------------------------------------------------ choices
