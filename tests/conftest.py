@@ -60,3 +60,21 @@ def assert_trained_alike(expected: dict, actual: dict, learning_rate: float, ste
             mismatched += int((difference > 1e-5).sum())
             total += value.numel()
     assert mismatched / total < 0.01, f"{mismatched} of {total} weights differ"
+
+
+@pytest.fixture
+def make_napari_viewer(make_napari_viewer):
+    """napari's fixture, with the widgets' triton guard set once a viewer exists.
+
+    Building a viewer loads the OpenGL driver's LLVM, after which importing triton
+    (torch does on its first optimiser) crashes the process; the widgets guard against
+    that, and so must any test that makes a viewer before later tests train.
+    """
+    from napari_cyclestyle._widgets._common import avoid_llvm_clash
+
+    def make(*args, **kwargs):
+        viewer = make_napari_viewer(*args, **kwargs)
+        avoid_llvm_clash()
+        return viewer
+
+    return make
