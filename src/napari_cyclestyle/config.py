@@ -17,6 +17,8 @@ GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128", "encod
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
 NORMS = ("instance", "batch", "none")
 GAN_MODES = ("lsgan", "vanilla")
+# How tiled translation normalises InstanceNorm layers (see tiling.py).
+STATISTICS_MODES = ("exact", "estimate", "tile")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

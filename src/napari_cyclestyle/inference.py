@@ -107,14 +107,20 @@ def translate(
     output : array, zarr array or path, optional
         Where to write the result, plane by plane and tile by tile: an array of the
         result's shape (numpy, memmap, zarr) or a path, where a zarr array is created.
-        The result is then that array.
+        The result is then that array. When a ``dask.distributed`` client is active and
+        ``output`` is a zarr path or array, the work is spread over its workers: the
+        tiles of every pass of a tiled plane (statistics passes included), or whole
+        planes when they need no tiling. The workers read the image and write
+        ``output`` themselves, so both must be reachable from them.
     memory_budget : int, optional
         Bytes the translation may use for activations (tile working set, and again for
         stored activations before they spill to ``scratch``); default from the device's
         free memory (see :func:`tiling.memory_budget`).
     scratch : path, optional
         Folder for activations that do not fit in RAM (exact tiled mode); default the
-        system's temporary folder. Deleted when the translation ends.
+        system's temporary folder, or, on a dask cluster (where every activation goes
+        there), the folder holding ``output``: it must be shared by all workers.
+        Deleted when the translation ends.
 
     Returns
     -------
@@ -183,25 +189,117 @@ def translate_steps(
         scratch=scratch,
     )
     result = _open_output(output, job)
+    client = _cluster_client(output)
+    if client is not None:
+        yield from _translate_on_cluster(job, result, client, output)
+        return
     total = job.n_planes * job.steps_per_plane
     done = 0
     for plane in range(job.n_planes):
-        source = job.planes[plane]
-
-        def write(y0: int, y1: int, x0: int, x1: int, values: np.ndarray, plane=plane) -> None:
-            block = job.norm_out.denormalize(values)
-            index, channel_position = job.output_index(plane, y0, y1, x0, x1)
-            if channel_position is None:
-                result[index] = block[0]
-            else:
-                result[index] = np.moveaxis(block, 0, channel_position)
-
         with _out_of_memory_advice(job):
-            for _ in job.plane_steps(source, write):
+            for _ in job.plane_steps(job.planes[plane], _PlaneWriter(job, result, plane)):
                 done += 1
                 yield TranslateProgress(
                     done, total, result if done == total else None, plane, job.n_planes
                 )
+
+
+def _translate_on_cluster(job: _Job, result, client, output) -> Iterator[TranslateProgress]:
+    """Spread the translation over a dask cluster: the tiles of each plane's passes, or
+    whole planes when they need no tiling. Workers read the input and write ``result``."""
+    leading_axes, _, y_axis, x_axis = _output_axes(job.layout, job.out_channels)
+    chunks = result.chunks
+    if job.translator is None:
+        if job.n_planes > 1 and any(chunks[a] != 1 for a in leading_axes):
+            raise ValueError(
+                f"The output's chunks {chunks} hold several planes, which workers would "
+                "write at once; use one plane per chunk, or pass a path to create it."
+            )
+        task = _PlaneTask(job, result)
+        for done, _ in enumerate(tiling.DaskTasks(client).map(task, list(range(job.n_planes))), 1):
+            yield TranslateProgress(
+                done, job.n_planes, result if done == job.n_planes else None, done - 1,
+                job.n_planes,
+            )  # fmt: skip
+        return
+    tile = job.translator.tile
+    grid = tuple(max(1, round(tile / chunks[a])) * chunks[a] for a in (y_axis, x_axis))
+    per_plane = job.translator.count_steps(grid)
+    total, done = job.n_planes * per_plane, 0
+    scratch = job.translator.scratch
+    if scratch is None and isinstance(output, (str, os.PathLike)):
+        job.translator.scratch = os.path.dirname(os.path.abspath(output))
+    for plane in range(job.n_planes):
+        write = _PlaneWriter(job, result, plane)
+        read = _PlaneReader(job.planes[plane], job.norm_in)
+        for _ in job.translator.steps(read, write, client, grid):
+            done += 1
+            yield TranslateProgress(
+                done, total, result if done == total else None, plane, job.n_planes
+            )
+
+
+class _PlaneReader:
+    """Reads normalised regions of one ``(C, Y, X)`` plane (numpy, dask or zarr-like).
+
+    Dask regions are computed in the calling thread: on a dask worker that reads the
+    image's chunks directly instead of asking the cluster from inside a task.
+    """
+
+    def __init__(self, plane, norm_in: IntensityNorm) -> None:
+        self.plane, self.norm_in = plane, norm_in
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        values = self.plane[:, y0:y1, x0:x1]
+        values = values.compute(scheduler="sync") if _is_dask(values) else np.asarray(values)
+        check_finite(values)
+        return self.norm_in.normalize(values)
+
+
+class _PlaneWriter:
+    """Writes translated regions of one plane into ``result``, in the target domain's
+    values and dtype."""
+
+    def __init__(self, job: _Job, result, plane: int) -> None:
+        self.result, self.plane = result, plane
+        self.norm_out, self.layout, self.out_channels = job.norm_out, job.layout, job.out_channels
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int, values: np.ndarray) -> None:
+        block = self.norm_out.denormalize(values)
+        region = (y0, y1, x0, x1)
+        index, channel_position = _output_index(self.layout, self.out_channels, self.plane, region)
+        if channel_position is None:
+            self.result[index] = block[0]
+        else:
+            self.result[index] = np.moveaxis(block, 0, channel_position)
+
+
+class _PlaneTask:
+    """Translates one whole plane into ``result`` (a task for a dask worker)."""
+
+    def __init__(self, job: _Job, result) -> None:
+        self.job, self.result = job, result
+
+    def __call__(self, plane: int) -> None:
+        write = _PlaneWriter(self.job, self.result, plane)
+        for _ in self.job.plane_steps(self.job.planes[plane], write):
+            pass
+
+
+def _cluster_client(output):
+    """The active ``dask.distributed`` client when ``output`` is something its workers
+    can write (a zarr path or array); else None."""
+    shared = isinstance(output, (str, os.PathLike)) or type(output).__module__.startswith("zarr")
+    if not shared:
+        return None
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:  # no client
+        return None
 
 
 class TranslationOutOfMemory(RuntimeError):
@@ -340,12 +438,7 @@ class _Job:
             yield
             return
 
-        def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-            values = np.asarray(plane[:, y0:y1, x0:x1])
-            check_finite(values)
-            return self.norm_in.normalize(values)
-
-        yield from self.translator.steps(read, write)
+        yield from self.translator.steps(_PlaneReader(plane, self.norm_in), write)
 
     def output_index(
         self, plane: int, y0: int, y1: int, x0: int, x1: int
@@ -355,9 +448,9 @@ class _Job:
         return _output_index(self.layout, self.out_channels, plane, (y0, y1, x0, x1))
 
 
-def _output_index(
-    layout: ImageLayout, out_channels: int, plane: int, region: tuple[int, int, int, int]
-) -> tuple[tuple, int | None]:
+def _output_axes(layout: ImageLayout, out_channels: int) -> tuple[list[int], int | None, int, int]:
+    """The output's leading (plane) axes, its channel axis (None for a single channel),
+    and its Y and X axes."""
     ndim = len(layout.output_shape(out_channels))
     if out_channels == 1:
         channel_axis = None
@@ -366,15 +459,22 @@ def _output_index(
     else:
         channel_axis = layout.channel_axis
     other_axes = [a for a in range(ndim) if a != channel_axis]
+    return other_axes[:-2], channel_axis, other_axes[-2], other_axes[-1]
+
+
+def _output_index(
+    layout: ImageLayout, out_channels: int, plane: int, region: tuple[int, int, int, int]
+) -> tuple[tuple, int | None]:
+    leading_axes, channel_axis, y_axis, x_axis = _output_axes(layout, out_channels)
     leading = np.unravel_index(plane, layout.leading_shape) if layout.leading_shape else ()
-    index: list = [slice(None)] * ndim
-    for axis, position in zip(other_axes[:-2], leading, strict=True):
+    index: list = [slice(None)] * len(layout.output_shape(out_channels))
+    for axis, position in zip(leading_axes, leading, strict=True):
         index[axis] = int(position)
-    index[other_axes[-2]] = slice(region[0], region[1])
-    index[other_axes[-1]] = slice(region[2], region[3])
+    index[y_axis] = slice(region[0], region[1])
+    index[x_axis] = slice(region[2], region[3])
     if channel_axis is None:
         return tuple(index), None
-    return tuple(index), sum(1 for a in other_axes[-2:] if a < channel_axis)
+    return tuple(index), sum(1 for a in (y_axis, x_axis) if a < channel_axis)
 
 
 def _open_output(output, job: _Job):

@@ -32,9 +32,12 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
@@ -42,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from .config import STATISTICS_MODES
 from .networks import (
     EncoderDecoderGenerator,
     ResnetBlock,
@@ -50,7 +54,6 @@ from .networks import (
     UnetSkipBlock,
 )
 
-STATISTICS_MODES: tuple[str, ...] = ("exact", "estimate", "tile")
 DEFAULT_OVERLAP = 64
 DEFAULT_SAMPLE_FRACTION = 0.25
 # Side of the sampled tiles in "estimate" mode, and the context kept around each
@@ -182,13 +185,11 @@ class _Moments:
         self.mean = np.zeros(channels)
         self.m2 = np.zeros(channels)
 
-    def update(self, values: Tensor) -> None:
-        n = values.shape[0] * values.shape[2] * values.shape[3]
+    def merge(self, partial: tuple[int, np.ndarray, np.ndarray]) -> None:
+        """Add the moments of more values, as :func:`_partial_moments` returns them."""
+        n, mean, m2 = partial
         if n == 0:
             return
-        var, mean = torch.var_mean(values, dim=(0, 2, 3), unbiased=False)
-        mean = mean.double().cpu().numpy()
-        m2 = var.double().cpu().numpy() * n
         total = self.count + n
         delta = mean - self.mean
         self.mean = self.mean + delta * (n / total)
@@ -198,6 +199,19 @@ class _Moments:
     @property
     def var(self) -> np.ndarray:
         return self.m2 / max(self.count, 1)
+
+
+def _partial_moments(values: Tensor) -> tuple[int, np.ndarray, np.ndarray]:
+    """Count, per-channel mean and sum of squared deviations of ``(N, C, H, W)`` values."""
+    n = values.shape[0] * values.shape[2] * values.shape[3]
+    if n == 0:
+        return 0, np.zeros(values.shape[1]), np.zeros(values.shape[1])
+    if values.device.type in ("cpu", "cuda"):
+        # batch norm's statistics kernel: 2-3x faster than var_mean on the CPU
+        mean, var = torch.batch_norm_update_stats(values, None, None, 1.0)
+    else:  # not implemented on Apple MPS
+        var, mean = torch.var_mean(values, dim=(0, 2, 3), unbiased=False)
+    return n, mean.double().cpu().numpy(), var.double().cpu().numpy() * n
 
 
 class FrozenNorm(nn.Module):
@@ -286,56 +300,80 @@ class _Crops(_Node):
 
 
 class _Store:
-    """An ``(N, C, H, W)`` float32 activation in RAM, or in a scratch file when the RAM
-    budget is spent (there channels last, so that a region is a few long runs)."""
+    """An ``(N, C, H, W)`` float32 activation, written once on a grid of ``tile`` ×
+    ``tile`` cells and then read in any regions.
 
-    def __init__(self, shape: tuple[int, int, int, int], scratch: _Scratch | None) -> None:
-        self.shape = shape
-        self._path = None
-        self._array = None
-        if scratch is None:  # dry run: nothing is stored
-            return
+    It lives in RAM while the scratch budget allows, else as one ``.npy`` file per cell
+    in a scratch folder: written whole (no page-by-page updates of a big file) and read
+    through memory maps, and never written by two processes at once, so cluster workers
+    can share the folder. In one process the files are written by the scratch's writer
+    thread, so that the disk works while the next tile computes; :meth:`finish` waits
+    for them.
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int], scratch: _Scratch, tile: int) -> None:
+        self.shape, self.tile = shape, tile
+        self._array = self._folder = None
+        self._writer = None if scratch.shared else scratch.writer
+        self._pending: list[Future] = []
         nbytes = int(np.prod(shape)) * 4
-        if scratch.reserve(nbytes):
+        if not scratch.shared and scratch.reserve(nbytes):
             self._array = torch.empty(shape)
             weakref.finalize(self, scratch.release, nbytes)
         else:
-            n, c, h, w = shape
-            self._path = scratch.new_file()
-            np.lib.format.open_memmap(self._path, "w+", np.float32, (n, h, w, c))._mmap.close()
-            weakref.finalize(self, _remove, self._path)
+            self._folder = scratch.new_path()
+            os.mkdir(self._folder)
+            weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+
+    def _cell(self, row: int, column: int) -> str:
+        return os.path.join(self._folder, f"{row}_{column}.npy")
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
         """The region, a view when in RAM (callers must not modify it)."""
         if self._array is not None:
             return self._array[:, :, y0:y1, x0:x1]
-        # A fresh mapping per access keeps the mapped (resident) pages to one region.
-        block = np.array(np.load(self._path, mmap_mode="r")[:, y0:y1, x0:x1, :])
-        return torch.from_numpy(block).permute(0, 3, 1, 2)
+        tile = self.tile
+        region = torch.empty((*self.shape[:2], y1 - y0, x1 - x0))
+        for row in range(y0 // tile, (y1 - 1) // tile + 1):
+            for column in range(x0 // tile, (x1 - 1) // tile + 1):
+                cell = np.load(self._cell(row, column), mmap_mode="r")
+                top, left = row * tile, column * tile
+                r0, r1 = max(y0, top), min(y1, top + tile)
+                c0, c1 = max(x0, left), min(x1, left + tile)
+                part = cell[:, :, r0 - top : r1 - top, c0 - left : c1 - left]
+                region.numpy()[:, :, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] = part
+        return region
 
     def write(self, y0: int, y1: int, x0: int, x1: int, values: Tensor) -> None:
+        """Write one cell of the grid (``y0``, ``x0`` multiples of ``tile``); ``values``
+        must not change afterwards."""
         if self._array is not None:
             self._array[:, :, y0:y1, x0:x1] = values
             return
-        array = np.load(self._path, mmap_mode="r+")
-        array[:, y0:y1, x0:x1, :] = values.permute(0, 2, 3, 1).numpy()
-        array.flush()
+        path = self._cell(y0 // self.tile, x0 // self.tile)
+        if self._writer is None:
+            np.save(path, values.numpy())
+        else:
+            self._pending.append(self._writer.save(path, values.numpy()))
 
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+    def finish(self) -> None:
+        """Wait until every cell written so far is in its file (errors raised here)."""
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
 
 
 class _Scratch:
-    """Where stored activations live: RAM up to ``budget`` bytes, then files in ``folder``."""
+    """Where stored activations live: RAM up to ``budget`` bytes, then files in ``folder``;
+    with ``shared``, every activation goes to ``folder``, which all workers of a cluster
+    must be able to reach."""
 
-    def __init__(self, budget: int, folder: str | os.PathLike | None) -> None:
+    def __init__(self, budget: int, folder: str | os.PathLike | None, shared: bool) -> None:
         self._budget, self._used, self._folder = budget, 0, folder
+        self.shared = shared
         self._directory: tempfile.TemporaryDirectory | None = None
         self._count = 0
+        self.writer = _FileWriter()
 
     def reserve(self, nbytes: int) -> bool:
         if self._used + nbytes > self._budget:
@@ -346,22 +384,44 @@ class _Scratch:
     def release(self, nbytes: int) -> None:
         self._used -= nbytes
 
-    def new_file(self) -> str:
+    def new_path(self) -> str:
         if self._directory is None:
             self._directory = tempfile.TemporaryDirectory(
                 prefix="cyclestyle-", dir=self._folder, ignore_cleanup_errors=True
             )
         self._count += 1
-        return os.path.join(self._directory.name, f"activation{self._count}.npy")
+        return os.path.join(self._directory.name, f"activation{self._count}")
 
     def close(self) -> None:
+        self.writer.close()
         if self._directory is not None:
             self._directory.cleanup()
 
 
+class _FileWriter:
+    """Saves arrays to ``.npy`` files in a background thread, at most ``queued`` at a
+    time (each holds its tile in memory until written)."""
+
+    def __init__(self, queued: int = 2) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(queued)
+
+    def save(self, path: str, array: np.ndarray) -> Future:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="cyclestyle-scratch")
+        self._slots.acquire()
+        future = self._executor.submit(np.save, path, array)
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
 class _Stored(_Node):
-    def __init__(self, store: _Store, device: torch.device) -> None:
-        self.shape = store.shape
+    def __init__(self, store: _Store | None, shape: tuple[int, int, int, int], device) -> None:
+        self.shape = shape
         self._store, self._device = store, device
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
@@ -435,18 +495,28 @@ class _Segment(_Node):
         last = min(size, -(-last // self.align) * self.align)
         return first, last
 
+    @property
+    def source_is_stored(self) -> bool:
+        """Whether the source is a stored array read as it is."""
+        return isinstance(self.source, _Stored)
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+        return self.read_with_source(y0, y1, x0, x1)[0]
+
+    def read_with_source(self, y0: int, y1: int, x0: int, x1: int) -> tuple[Tensor, Tensor]:
+        """The region, and the source values at the same place (for a scale of 1)."""
         _, _, height, width = self.source.shape
         sy0, sy1 = self.source_region(y0, y1, height)
         sx0, sx1 = self.source_region(x0, x1, width)
-        x = self.source.read(sy0, sy1, sx0, sx1)
+        x = inputs = self.source.read(sy0, sy1, sx0, sx1)
         for module in self.modules:
             x = module(x)
         oy, ox = int(sy0 * self.scale), int(sx0 * self.scale)
         expected = (int((sy1 - sy0) * self.scale), int((sx1 - sx0) * self.scale))
         if tuple(x.shape[-2:]) != expected:
             raise ValueError(f"Tiled layers gave {tuple(x.shape[-2:])}, expected {expected}.")
-        return x[..., y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        center = inputs[..., y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0]
+        return x[..., y0 - oy : y1 - oy, x0 - ox : x1 - ox], center
 
 
 def _output_size(module: nn.Module, size: int) -> int:
@@ -485,7 +555,8 @@ class _Layerwise:
     """Runs a generator over a whole plane layer by layer, one tile at a time.
 
     Every method that may compute is a generator yielding once per tile; ``dry`` counts
-    the tiles without computing anything.
+    the tiles without computing anything. ``tasks`` runs the tiles of each pass (here,
+    or spread over a cluster).
     """
 
     def __init__(
@@ -494,13 +565,17 @@ class _Layerwise:
         reference_channels: int,
         full_size: tuple[int, int],
         device: torch.device,
-        scratch: _Scratch | None,
+        scratch: _Scratch,
+        tasks: LocalTasks | DaskTasks,
+        dry: bool,
         boxes: list[tuple[int, int, int, int]] | None = None,
-        preset: dict[nn.Module, FrozenNorm] | None = None,
     ) -> None:
         self.tile, self.reference_channels, self.full_size = tile, reference_channels, full_size
-        self.device, self.scratch, self.boxes = device, scratch, boxes
-        self.statistics: dict[nn.Module, FrozenNorm] = dict(preset or {})
+        self.device, self.scratch, self.tasks, self.dry = device, scratch, tasks, dry
+        self.boxes = boxes
+        self.statistics: dict[nn.Module, FrozenNorm] = {}
+        # Sources to store while a stretch reading them is materialised (node -> stored).
+        self._capture: dict[_Node, _Stored | None] = {}
 
     def run(self, module: nn.Module, node: _Node) -> Iterator[None]:
         """Apply ``module`` to ``node``; returns (via StopIteration) the output node."""
@@ -512,7 +587,11 @@ class _Layerwise:
             return node
         if isinstance(module, ResnetBlock):
             node = yield from self.shareable(node)
+            # The block's first stretch reads its input anyway: store that read, so the
+            # residual sum below reads one stored array instead of recomputing the input.
+            self._capture[node] = None
             inner = yield from self.run(module.conv_block, node)
+            node = self._capture.pop(node) or node
             return _Combine([node, inner], concat=False)
         if isinstance(module, UnetSkipBlock):
             if module.outermost:
@@ -557,20 +636,31 @@ class _Layerwise:
         """Compute ``node`` tile by tile into a store; with ``with_moments`` also its
         per-channel moments (over ``boxes`` when sampling). Returns (stored, moments)."""
         n, channels, height, width = node.shape
-        store = _Store(node.shape, self.scratch)
         moments = _Moments(channels)
         tile = self.level_tile(node)
-        boxes = self._level_boxes(height, width)
-        for y0 in range(0, height, tile):
-            for x0 in range(0, width, tile):
-                y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
-                if self.scratch is not None:
-                    values = node.read(y0, y1, x0, x1)
-                    store.write(y0, y1, x0, x1, values.cpu())
-                    if with_moments:
-                        _update_moments(moments, values, boxes, y0, x0)
-                yield
-        return _Stored(store, self.device), moments
+        source = node.source if isinstance(node, _Segment) else None
+        capture = source in self._capture and not node.source_is_stored and node.scale == 1
+        task = store = source_store = None
+        if not self.dry:
+            store = _Store(node.shape, self.scratch, tile)
+            source_store = _Store(source.shape, self.scratch, tile) if capture else None
+            boxes = self._level_boxes(height, width) if with_moments else None
+            task = _StoreTask(node, store, source_store, with_moments, boxes)
+        regions = [
+            (y0, min(y0 + tile, height), x0, min(x0 + tile, width))
+            for y0 in range(0, height, tile)
+            for x0 in range(0, width, tile)
+        ]
+        for partials in self.tasks.map(task, regions) if task else ([] for _ in regions):
+            for partial in partials:
+                moments.merge(partial)
+            yield
+        for written in (store, source_store):
+            if written is not None:
+                written.finish()
+        if capture:
+            self._capture[source] = _Stored(source_store, source.shape, self.device)
+        return _Stored(store, node.shape, self.device), moments
 
     def _level_boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]] | None:
         if self.boxes is None:
@@ -590,18 +680,35 @@ def _then(node: _Node, module: nn.Module) -> _Node:
     return _Pointwise(node, [module])
 
 
-def _update_moments(
-    moments: _Moments, values: Tensor, boxes: list | None, y0: int, x0: int
-) -> None:
-    if boxes is None:
-        moments.update(values)
-        return
-    height, width = values.shape[-2:]
-    for index, (b0, b1, c0, c1) in enumerate(boxes):
-        r0, r1 = max(b0 - y0, 0), min(b1 - y0, height)
-        s0, s1 = max(c0 - x0, 0), min(c1 - x0, width)
-        if r1 > r0 and s1 > s0:
-            moments.update(values[index : index + 1, :, r0:r1, s0:s1])
+class _StoreTask:
+    """Computes a region of a node into its store (and, for a residual input captured on
+    the way, the source region into ``source_store``); returns the region's moments."""
+
+    def __init__(self, node: _Segment, store, source_store, with_moments: bool, boxes) -> None:
+        self.node, self.store, self.source_store = node, store, source_store
+        self.with_moments, self.boxes = with_moments, boxes
+
+    @torch.inference_mode()
+    def __call__(self, region: tuple[int, int, int, int]) -> list:
+        if self.source_store is not None:
+            values, inputs = self.node.read_with_source(*region)
+            self.source_store.write(*region, inputs.cpu())
+        else:
+            values = self.node.read(*region)
+        self.store.write(*region, values.cpu())
+        if not self.with_moments:
+            return []
+        if self.boxes is None:
+            return [_partial_moments(values)]
+        y0, _, x0, _ = region
+        height, width = values.shape[-2:]
+        partials = []
+        for index, (b0, b1, c0, c1) in enumerate(self.boxes):
+            r0, r1 = max(b0 - y0, 0), min(b1 - y0, height)
+            s0, s1 = max(c0 - x0, 0), min(c1 - x0, width)
+            if r1 > r0 and s1 > s0:
+                partials.append(_partial_moments(values[index : index + 1, :, r0:r1, s0:s1]))
+        return partials
 
 
 # --------------------------------------------------------------------------------------
@@ -700,9 +807,15 @@ class TiledTranslator:
         self.sample_fraction = sample_fraction
         self.budget, self.scratch = budget, scratch
         self.reference_channels = int(getattr(network, "ngf", 64))
-        self.n_steps = sum(1 for _ in self._steps(None, None, dry=True))
+        self.n_steps = self.count_steps()
 
-    def steps(self, read: RegionReader, write: RegionWriter) -> Iterator[None]:
+    def steps(
+        self,
+        read: RegionReader,
+        write: RegionWriter,
+        client=None,
+        write_grid: tuple[int, int] | None = None,
+    ) -> Iterator[None]:
         """Translate one plane, yielding after each tile (stop iterating to cancel).
 
         Parameters
@@ -713,41 +826,59 @@ class TiledTranslator:
         write : callable
             ``write(y0, y1, x0, x1, values)`` receives translated regions, float32
             ``(C_out, h, w)`` in [-1, 1]; together they cover the plane once.
+        client : dask.distributed.Client, optional
+            Spread the tiles of every pass (statistics passes included) over this
+            client's workers. ``read`` and ``write`` then run on the workers (they must
+            pickle, and ``write`` must be safe to call from several at once for regions
+            on ``write_grid``); stored activations go to files in ``scratch``,
+            which every worker must reach.
+        write_grid : (int, int), optional
+            Size of the regions passed to ``write`` in ``"exact"`` mode (default: the
+            tile); with a client, a multiple of the output's chunks.
         """
-        return self._steps(read, write, dry=False)
+        tasks = LocalTasks() if client is None else DaskTasks(client)
+        return self._steps(read, write, tasks, write_grid, dry=False)
 
-    def _steps(self, read, write, dry: bool) -> Iterator[None]:
-        scratch = None if dry else _Scratch(self.budget, self.scratch)
+    def count_steps(self, write_grid: tuple[int, int] | None = None) -> int:
+        """How many times :meth:`steps` yields for one plane with this ``write_grid``."""
+        return sum(1 for _ in self._steps(None, None, LocalTasks(), write_grid, dry=True))
+
+    def _steps(self, read, write, tasks, write_grid, dry: bool) -> Iterator[None]:
+        scratch = _Scratch(self.budget, self.scratch, shared=isinstance(tasks, DaskTasks))
         try:
             plane = _PlaneInput(
                 read, self.in_channels, self.size, self.padded, self.offset, self.device
             )
             with torch.inference_mode():
                 if self.statistics == "exact":
-                    yield from self._exact(plane, write, scratch)
+                    grid = write_grid or (self.tile, self.tile)
+                    yield from self._exact(plane, write, scratch, tasks, grid, dry)
                 else:
                     frozen = self.network
                     if self.statistics == "estimate":
-                        statistics = yield from self._estimate(plane, scratch)
+                        statistics = yield from self._estimate(plane, scratch, tasks, dry)
                         frozen = None if dry else with_frozen_norms(self.network, statistics)
-                    yield from self._blended(frozen, plane, write, dry)
+                    yield from self._blended(frozen, plane, write, tasks, dry)
         finally:
-            if scratch is not None:
-                scratch.close()
+            scratch.close()
 
-    def _exact(self, plane: _PlaneInput, write, scratch) -> Iterator[None]:
-        runner = _Layerwise(self.tile, self.reference_channels, self.padded, self.device, scratch)
+    def _exact(self, plane, write, scratch, tasks, grid, dry: bool) -> Iterator[None]:
+        runner = _Layerwise(
+            self.tile, self.reference_channels, self.padded, self.device, scratch, tasks, dry
+        )
         result = yield from runner.run(self.network, plane)
-        (height, width), (top, left) = self.size, self.offset
-        for y0 in range(0, height, self.tile):
-            for x0 in range(0, width, self.tile):
-                y1, x1 = min(y0 + self.tile, height), min(x0 + self.tile, width)
-                if scratch is not None:
-                    values = result.read(top + y0, top + y1, left + x0, left + x1)
-                    write(y0, y1, x0, x1, values[0].float().cpu().numpy())
-                yield
+        (height, width), (grid_y, grid_x) = self.size, grid
+        regions = [
+            (y0, min(y0 + grid_y, height), x0, min(x0 + grid_x, width))
+            for y0 in range(0, height, grid_y)
+            for x0 in range(0, width, grid_x)
+        ]
+        if dry:
+            yield from (None for _ in regions)
+            return
+        yield from tasks.map(_WriteTask(result, self.offset, write), regions)
 
-    def _estimate(self, plane: _PlaneInput, scratch) -> Iterator[None]:
+    def _estimate(self, plane: _PlaneInput, scratch, tasks, dry: bool) -> Iterator[None]:
         """Statistics of every instance norm from a sample of tiles with context."""
         inner = -(-_SAMPLE_TILE // self.multiple) * self.multiple
         context = -(-_SAMPLE_CONTEXT // self.multiple) * self.multiple
@@ -757,34 +888,101 @@ class TiledTranslator:
         # All crops go through each layer together: keep a tile of all of them in budget.
         per_crop = self.budget / (len(origins) * forward_bytes_per_pixel(self.network))
         tile = max(self.multiple, int(math.sqrt(per_crop)))
-        runner = _Layerwise(tile, self.reference_channels, size, self.device, scratch, boxes=boxes)
+        runner = _Layerwise(
+            tile, self.reference_channels, size, self.device, scratch, tasks, dry, boxes=boxes
+        )
         yield from runner.run(self.network, _Crops(plane, origins, size))
         return runner.statistics
 
-    def _blended(self, network, plane: _PlaneInput, write, dry: bool) -> Iterator[None]:
+    def _blended(self, network, plane: _PlaneInput, write, tasks, dry: bool) -> Iterator[None]:
         """Overlapping tiles, blended with raised-cosine weights."""
         (height_p, width_p), tile, overlap = self.padded, self.tile, self.overlap
         tile_y, tile_x = min(tile, height_p), min(tile, width_p)
-        rows = tile_starts(height_p, tile_y, overlap, self.multiple)
-        cols = tile_starts(width_p, tile_x, overlap, self.multiple)
+        origins = [
+            (y0, x0)
+            for y0 in tile_starts(height_p, tile_y, overlap, self.multiple)
+            for x0 in tile_starts(width_p, tile_x, overlap, self.multiple)
+        ]
+        if dry:
+            yield from (None for _ in origins)
+            return
         total = weights = None
-        for y0 in rows:
-            for x0 in cols:
-                if not dry:
-                    y = network(plane.read(y0, y0 + tile_y, x0, x0 + tile_x))[0].float().cpu()
-                    weight_y = blend_window(tile_y, overlap, y0 > 0, y0 + tile_y < height_p)
-                    weight_x = blend_window(tile_x, overlap, x0 > 0, x0 + tile_x < width_p)
-                    weight = np.outer(weight_y, weight_x)
-                    if total is None:
-                        total = np.zeros((y.shape[0], height_p, width_p), np.float32)
-                        weights = np.zeros((height_p, width_p), np.float32)
-                    total[:, y0 : y0 + tile_y, x0 : x0 + tile_x] += y.numpy() * weight
-                    weights[y0 : y0 + tile_y, x0 : x0 + tile_x] += weight
-                yield
-        if not dry:
-            (height, width), (top, left) = self.size, self.offset
-            total /= weights
-            write(0, height, 0, width, total[:, top : top + height, left : left + width])
+        outputs = tasks.map(_ForwardTask(network, plane, (tile_y, tile_x)), origins)
+        for (y0, x0), y in zip(origins, outputs, strict=True):
+            weight_y = blend_window(tile_y, overlap, y0 > 0, y0 + tile_y < height_p)
+            weight_x = blend_window(tile_x, overlap, x0 > 0, x0 + tile_x < width_p)
+            weight = np.outer(weight_y, weight_x)
+            if total is None:
+                total = np.zeros((y.shape[0], height_p, width_p), np.float32)
+                weights = np.zeros((height_p, width_p), np.float32)
+            total[:, y0 : y0 + tile_y, x0 : x0 + tile_x] += y * weight
+            weights[y0 : y0 + tile_y, x0 : x0 + tile_x] += weight
+            yield
+        (height, width), (top, left) = self.size, self.offset
+        total /= weights
+        write(0, height, 0, width, total[:, top : top + height, left : left + width])
+
+
+class _WriteTask:
+    """Reads a region of the network's output node and passes it to ``write``."""
+
+    def __init__(self, result: _Node, offset: tuple[int, int], write: RegionWriter) -> None:
+        self.result, self.offset, self.write = result, offset, write
+
+    @torch.inference_mode()
+    def __call__(self, region: tuple[int, int, int, int]) -> None:
+        (y0, y1, x0, x1), (top, left) = region, self.offset
+        values = self.result.read(top + y0, top + y1, left + x0, left + x1)
+        self.write(y0, y1, x0, x1, values[0].float().cpu().numpy())
+
+
+class _ForwardTask:
+    """One forward pass of a network over a tile of the padded plane."""
+
+    def __init__(self, network: nn.Module, plane: _PlaneInput, size: tuple[int, int]) -> None:
+        self.network, self.plane, self.size = network, plane, size
+
+    @torch.inference_mode()
+    def __call__(self, origin: tuple[int, int]) -> np.ndarray:
+        (y0, x0), (height, width) = origin, self.size
+        return (
+            self.network(self.plane.read(y0, y0 + height, x0, x0 + width))[0].float().cpu().numpy()
+        )
+
+
+class LocalTasks:
+    """Runs the tiles of a pass one after another, in this process."""
+
+    def map(self, task: Callable, items: list) -> Iterator:
+        """``task(item)`` for each item, in order, each computed when it is taken."""
+        for item in items:
+            yield task(item)
+
+
+class DaskTasks:
+    """Spreads the tiles of a pass over the workers of a ``dask.distributed`` client.
+
+    The task is sent to the cluster once per pass; results come back in order, and
+    stopping the iteration cancels the tiles not yet done.
+    """
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def map(self, task: Callable, items: list) -> Iterator:
+        """``task(item)`` for each item, run on the workers, yielded in order."""
+        # On every worker, so that where the task lies does not draw all tiles to one.
+        shared = self.client.scatter(task, hash=False, broadcast=True)
+        futures = self.client.map(_call, [shared] * len(items), items, pure=False)
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            self.client.cancel([*futures, shared])
+
+
+def _call(task: Callable, item):
+    return task(item)
 
 
 def _sample_crops(
