@@ -172,6 +172,32 @@ def test_translate_one_png_to_a_named_file_in_the_f_direction(trained, tmp_path)
     assert result.dtype == np.uint16  # domain A's dtype
 
 
+def test_translate_zarr_writes_a_zarr_tile_by_tile_like_the_python_call(trained, tmp_path):
+    import zarr
+
+    from napari_cyclestyle.inference import translate
+
+    image = np.random.default_rng(5).integers(900, 1100, (2, 96, 80)).astype(np.uint16)
+    group = zarr.open_group(str(tmp_path / "stack.zarr"), mode="w")  # as OME-Zarr: level "0"
+    group.create_array("0", shape=image.shape, dtype=image.dtype, chunks=(1, 48, 40))[:] = image
+    options = ["--tile-size", "48", "--statistics", "estimate"]
+
+    assert main(["translate", str(trained), str(tmp_path / "stack.zarr"), *options]) == EXIT_OK
+
+    result = zarr.open_array(str(tmp_path / "stack_AtoB.zarr"), mode="r")
+    expected = translate(image, load_model(trained), tile_size=48, statistics="estimate")
+    assert result.dtype == np.uint16
+    np.testing.assert_array_equal(result[:], expected)
+    # the result is never overwritten
+    assert main(["translate", str(trained), str(tmp_path / "stack.zarr")]) == EXIT_ERROR
+
+
+def test_dask_scheduler_needs_zarr_inputs(trained, domains, capsys):
+    argv = ["translate", str(trained), str(domains[0]), "--dask-scheduler", "tcp://x:8786"]
+    assert main(argv) == EXIT_USAGE
+    assert ".zarr inputs" in one_error_line(capsys.readouterr().err)
+
+
 def test_info_prints_the_model_description_and_path(trained, capsys):
     assert main(["info", str(trained)]) == EXIT_OK
     out = capsys.readouterr().out

@@ -36,6 +36,7 @@ from .config import (
     GAN_MODES,
     GENERATORS,
     NORMS,
+    STATISTICS_MODES,
     Config,
     ConfigError,
     ModelConfig,
@@ -553,7 +554,10 @@ def _add_translate_parser(subparsers) -> None:
             "Translate image files with G (A→B) or F (B→A). TIFF inputs are written as "
             "TIFF in the model's target dtype (uint16 and float32 kept); PNG/JPEG/BMP "
             "inputs as PNG (as TIFF when PNG cannot hold the result). Output files are "
-            "named <stem>_<direction>.<suffix>."
+            "named <stem>_<direction>.<suffix>. A .zarr input (an array, or an OME-Zarr "
+            "group's level 0) is read lazily and written tile by tile to a .zarr output, "
+            "so images larger than memory translate; with --dask-scheduler the tiles are "
+            "spread over a dask cluster's workers."
         ),
     )
     parser.add_argument("model", metavar="MODEL", help="model file or reference .pth checkpoint")
@@ -597,6 +601,26 @@ def _add_translate_parser(subparsers) -> None:
         metavar="PIXELS",
         help="overlap between blended tiles (default: the core's, 64)",
     )
+    parser.add_argument(
+        "--statistics",
+        choices=STATISTICS_MODES,
+        default="exact",
+        help="normalisation statistics of tiled planes: the whole plane's (exact), from a "
+        "sample of tiles (estimate) or each tile's own (tile) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scratch",
+        metavar="DIR",
+        help="folder for activations that do not fit in memory (default: the system's "
+        "temporary folder; with --dask-scheduler, the output's folder)",
+    )
+    parser.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="address of a dask.distributed scheduler (e.g. tcp://head-node:8786) whose "
+        "workers translate .zarr inputs; they must reach the input, output and scratch "
+        "folders",
+    )
     _add_threads_argument(parser, None)
     parser.set_defaults(run=_run_translate)
 
@@ -618,9 +642,9 @@ def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
-        if path.is_dir():
+        if path.is_dir() and path.suffix.lower() != ".zarr":
             files += list_images(path)
-        elif path.is_file():
+        elif path.is_file() or path.suffix.lower() == ".zarr":
             files.append(path)
         else:
             raise ValueError(f"{path} does not exist.")
@@ -633,8 +657,12 @@ def _output_paths(inputs: Sequence[str], files: list[Path], output: str | None, 
 
     if output is not None:
         out = Path(output).expanduser()
-        single_file = len(inputs) == 1 and Path(inputs[0]).is_file()
-        if out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
+        single_file = len(files) == 1 and files[0] == Path(inputs[0]).expanduser()
+        if _is_zarr(files[0]):
+            names_a_target = _is_zarr(out)  # a .zarr output is a folder too
+        else:
+            names_a_target = out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+        if names_a_target:
             if not single_file:
                 raise UsageError(
                     f"--output {out} is a file name, but there are several inputs; give a folder."
@@ -643,7 +671,10 @@ def _output_paths(inputs: Sequence[str], files: list[Path], output: str | None, 
     targets, seen = [], {}
     for file in files:
         folder = Path(output).expanduser() if output is not None else file.parent
-        suffix = ".tif" if file.suffix.lower() in _TIFF_SUFFIXES else ".png"
+        if _is_zarr(file):
+            suffix = ".zarr"
+        else:
+            suffix = ".tif" if file.suffix.lower() in _TIFF_SUFFIXES else ".png"
         target = folder / f"{file.stem}_{direction}{suffix}"
         if target.with_suffix("") in seen:
             raise UsageError(
@@ -656,9 +687,7 @@ def _output_paths(inputs: Sequence[str], files: list[Path], output: str | None, 
 
 
 def _run_translate(args: argparse.Namespace) -> int:
-    from .data import read_image
     from .devices import resolve_device
-    from .inference import translate
     from .model import parse_direction
     from .model_file import load_model
 
@@ -668,34 +697,80 @@ def _run_translate(args: argparse.Namespace) -> int:
     model.generator(direction)  # fails early if the model lacks this direction
     files = _collect_inputs(args.inputs)
     targets = _output_paths(args.inputs, files, args.output, direction)
+    if args.dask_scheduler and not all(_is_zarr(source) for source, _, _ in targets):
+        raise UsageError(
+            "--dask-scheduler needs .zarr inputs: the workers write the result into a "
+            ".zarr output. Convert the images to zarr, or leave out --dask-scheduler."
+        )
     progress = ProgressLine(sys.stderr)
-    for index, (source, target, named) in enumerate(targets, 1):
-        image = read_image(source)
+    options = {
+        "device": device,
+        "channel_axis": args.channel_axis,
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "statistics": args.statistics,
+        "scratch": args.scratch,
+    }
+    with _dask_client(args.dask_scheduler):
+        for index, (source, target, named) in enumerate(targets, 1):
 
-        def show(done: int, total: int, index=index, source=source) -> None:
-            if progress.interactive and total > 1:
-                progress.update(
-                    f"[{index}/{len(targets)}] {source.name}: {done}/{total} planes or tiles"
-                )
+            def show(done: int, total: int, index=index, source=source) -> None:
+                if progress.interactive and total > 1:
+                    progress.update(
+                        f"[{index}/{len(targets)}] {source.name}: {done}/{total} planes or tiles"
+                    )
 
-        try:
-            result = translate(
-                image,
-                model,
-                direction,
-                device=device,
-                channel_axis=args.channel_axis,
-                progress=show,
-                tile_size=args.tile_size,
-                overlap=args.overlap,
-            )
-        except ValueError as error:
-            raise ValueError(f"{source}: {error}") from error
-        if not named and target.suffix == ".png" and not _fits_png(result):
-            target = target.with_suffix(".tif")
-        write_image(target, result)
-        progress.message(f"[{index}/{len(targets)}] {source} -> {target}")
+            _translate_file(source, target, named, model, direction, show, options)
+            progress.message(f"[{index}/{len(targets)}] {source} -> {target}")
     return EXIT_OK
+
+
+def _translate_file(source: Path, target: Path, named: bool, model, direction, show, options):
+    """Translate one image file into ``target`` (a zarr input tile by tile into a zarr)."""
+    from .data import open_zarr_image, read_image
+    from .inference import translate
+
+    try:
+        if _is_zarr(source):
+            if target.exists():
+                raise ValueError(f"{target} exists; remove it or choose another --output.")
+            image = open_zarr_image(source)
+            translate(image, model, direction, progress=show, output=str(target), **options)
+            return
+        result = translate(read_image(source), model, direction, progress=show, **options)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from error
+    if not named and target.suffix == ".png" and not _fits_png(result):
+        target = target.with_suffix(".tif")
+    write_image(target, result)
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr"
+
+
+@contextmanager
+def _dask_client(address: str | None):
+    """A ``dask.distributed`` client connected to ``address`` for the duration (none
+    without an address)."""
+    if not address:
+        yield
+        return
+    try:
+        from distributed import Client
+    except ImportError as error:
+        raise UsageError(
+            "--dask-scheduler needs dask.distributed: pip install distributed"
+        ) from error
+    try:
+        client = Client(address, timeout=30)
+    except OSError as error:
+        raise UsageError(
+            f"Cannot reach the dask scheduler at {address}: {error}. Start one with "
+            "`dask scheduler` (and workers with `dask worker ADDRESS`) or fix the address."
+        ) from error
+    with client:
+        yield
 
 
 # ---------------------------------------------------------------------- info

@@ -217,6 +217,32 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"Cannot read {path} as an image: {error}") from error
 
 
+def open_zarr_image(path: str | os.PathLike):
+    """The image in a zarr store, opened lazily (read only): the array at ``path``, or in
+    a group (e.g. OME-Zarr) its full-resolution level ``"0"``.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a zarr store, or a group without an array ``"0"``.
+    """
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:  # zarr raises several kinds for a missing or bad store
+        raise ValueError(f"Cannot open {path} as a zarr array: {error}") from error
+    if isinstance(node, zarr.Array):
+        return node
+    if isinstance(node.get("0"), zarr.Array):
+        return node["0"]
+    names = ", ".join(sorted(name for name, _ in node.arrays())) or "none"
+    raise ValueError(
+        f"{path} is a zarr group without an array '0' (its arrays: {names}); "
+        f"give the array's own path, e.g. {Path(path) / 'name'}."
+    )
+
+
 # A few recently used files stay in memory: patches of one image are often drawn in a row.
 _read_file = functools.lru_cache(maxsize=4)(read_image)
 
