@@ -154,3 +154,21 @@ def test_the_cli_translates_a_zarr_image_on_a_dask_scheduler(tmp_path, client):
     result = zarr.open_array(str(tmp_path / "slide_AtoB.zarr"), mode="r")[:]
     expected = translate(image, model, device="cpu", tile_size=64)
     assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_stopping_a_cluster_translation_leaves_no_scratch(tmp_path, client):
+    from napari_cyclestyle.inference import translate_steps
+
+    model = make_model(dtype="float32")
+    image = np.random.default_rng(7).random((160, 160)).astype(np.float32)
+    steps = translate_steps(
+        image, model, device="cpu", tile_size=64, output=str(tmp_path / "out.zarr")
+    )
+
+    for step in steps:
+        if step.done == 3:
+            break
+    steps.close()
+
+    assert step.total > 3 and step.result is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
