@@ -215,12 +215,11 @@ def _translate_on_cluster(job: _Job, result, client, output) -> Iterator[Transla
                 f"The output's chunks {chunks} hold several planes, which workers would "
                 "write at once; use one plane per chunk, or pass a path to create it."
             )
-        task = _PlaneTask(job, result)
-        for done, _ in enumerate(tiling.DaskTasks(client).map(task, list(range(job.n_planes))), 1):
-            yield TranslateProgress(
-                done, job.n_planes, result if done == job.n_planes else None, done - 1,
-                job.n_planes,
-            )  # fmt: skip
+        total = job.n_planes
+        planes = tiling.DaskTasks(client).map(_PlaneTask(job, result), list(range(total)))
+        for plane, _ in enumerate(planes):
+            done = plane + 1
+            yield TranslateProgress(done, total, result if done == total else None, plane, total)
         return
     tile = job.translator.tile
     grid = tuple(max(1, round(tile / chunks[a])) * chunks[a] for a in (y_axis, x_axis))

@@ -439,8 +439,9 @@ class _Pointwise(_Node):
         for op in self.ops:
             if fresh and type(op) is nn.ReLU:
                 x = x.relu_()
-            else:
-                x, fresh = op(x), True
+            else:  # Identity and Dropout in eval mode give x itself back
+                result = op(x)
+                x, fresh = result, fresh or result is not x
         return x
 
 
