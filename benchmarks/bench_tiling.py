@@ -63,7 +63,7 @@ def _measure(mode: str, size: int, ngf: int, tile: int, budget: int) -> dict:
     norm = IntensityNorm("fixed", (0.0,), (65535.0,), "uint16")
     model = CycleStyleModel(config, generator_ab, generator_ba, norm, norm)
     if not tile:  # what translate(tile_size="auto") picks: half the budget per tile
-        tile = auto_tile_size(generator_ab, 4, budget // 2)
+        tile = auto_tile_size(generator_ab, 4, budget // 2, torch.device("cpu"))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 65535, (size, size), dtype=np.uint16)
     output = np.zeros_like(image)

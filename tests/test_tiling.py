@@ -13,7 +13,7 @@ from napari_cyclestyle.config import ModelConfig
 from napari_cyclestyle.inference import translate, translate_steps
 from napari_cyclestyle.intensity import IntensityNorm
 from napari_cyclestyle.model import CycleStyleModel, build_generators
-from napari_cyclestyle.tiling import blend_window, tile_starts
+from napari_cyclestyle.tiling import auto_tile_size, blend_window, tile_starts
 
 
 def make_model(generator: str, channels: int, norm: str = "instance", ngf: int = 8):
@@ -139,6 +139,14 @@ def test_large_planes_are_tiled_automatically():
     assert max_error(steps[-1].result, whole) <= 1e-3
     untiled = list(translate_steps(image, model, device="cpu"))
     assert untiled[-1].total == 1
+
+
+def test_automatic_tiles_stay_cache_sized_on_the_cpu_only():
+    network = make_model("resnet_9blocks", 1).generator("AtoB")
+    budget = 2**30  # room for ~2900 px tiles at ngf 4
+    assert auto_tile_size(network, 4, budget, torch.device("cpu")) == 256
+    assert auto_tile_size(network, 4, budget, torch.device("cuda")) > 256
+    assert auto_tile_size(network, 4, 2**16, torch.device("cpu")) == 64  # the floor
 
 
 def test_progress_counts_tiles_and_result_comes_last():

@@ -390,7 +390,9 @@ class _Job:
             padded = (height + -height % self.multiple, width + -width % self.multiple)
             if tiling.needs_tiling(self.network, *padded, budget):
                 # Half the budget for a tile's forward, half for stored activations.
-                tile_size = tiling.auto_tile_size(self.network, self.multiple, budget // 2)
+                tile_size = tiling.auto_tile_size(
+                    self.network, self.multiple, budget // 2, self.device
+                )
             else:
                 tile_size = None
         elif isinstance(tile_size, str):

@@ -62,6 +62,10 @@ _SAMPLE_TILE = 64
 _SAMPLE_CONTEXT = 32
 _MIN_LEVEL_TILE = 16
 _CPU_BUDGET_CAP = 2**30
+# Largest automatic tile on the CPU. Exact-mode translation of 1024² through
+# resnet_9blocks ngf 64 on 2 Zen 4 cores: 128 px 12.6 s, 192 px 11.4 s, 256 px 11.3 s,
+# 352 px 11.9 s, 512 px 13.2 s, 684 px 13.1 s, whole plane ~13-14 s.
+_CPU_TILE = 256
 
 _POINTWISE = (
     nn.ReLU,
@@ -154,10 +158,15 @@ def needs_tiling(network: nn.Module, height: int, width: int, budget: int) -> bo
     return forward_bytes_per_pixel(network) * height * width > budget
 
 
-def auto_tile_size(network: nn.Module, multiple: int, budget: int) -> int:
+def auto_tile_size(
+    network: nn.Module, multiple: int, budget: int, device: torch.device | None = None
+) -> int:
     """The largest square tile (a multiple of ``multiple``, at least 64 px) whose forward
-    pass fits ``budget`` bytes."""
+    pass fits ``budget`` bytes; on the CPU at most ``_CPU_TILE`` px, where smaller tiles
+    keep each tile's activations in cache and run faster."""
     side = int(math.sqrt(budget / forward_bytes_per_pixel(network)))
+    if device is not None and device.type == "cpu":
+        side = min(side, _CPU_TILE)
     floor = -(-64 // multiple) * multiple
     return max(floor, side // multiple * multiple)
 
@@ -474,7 +483,7 @@ class _Segment(_Node):
         self.source, self.modules = source, modules
         n, _, height, width = source.shape
         out_h, out_w, channels = height, width, source.shape[1]
-        scale, align, halo = Fraction(1), 1, 0
+        scale, align = Fraction(1), 1
         for module in modules:
             out_h, out_w = _output_size(module, out_h), _output_size(module, out_w)
             channels = getattr(module, "out_channels", channels)
@@ -483,8 +492,13 @@ class _Segment(_Node):
                 align *= module.stride[0]
             elif isinstance(module, nn.ConvTranspose2d):
                 scale *= module.stride[0]
+        # Source indices that output index o depends on: a·o + lo .. a·o + hi.
+        a, lo, hi = Fraction(1), Fraction(0), Fraction(0)
         for module in reversed(modules):
-            halo = _input_reach(module, halo)
+            step, low, high = _input_span(module)
+            a, lo, hi = a * step, step * lo + low, step * hi + high
+        # Context beyond floor(start·a) and ceil(stop·a) that covers the whole span.
+        halo = max(0, math.ceil(max(-lo, hi + 1 - a)))
         self.shape = (n, channels, out_h, out_w)
         self.scale, self.align, self.halo = scale, align, -(-halo // align) * align
 
@@ -535,16 +549,19 @@ def _output_size(module: nn.Module, size: int) -> int:
     return size
 
 
-def _input_reach(module: nn.Module, reach: int) -> int:
-    """Input pixels from a region's edge that can affect output pixels within ``reach``
-    of the edge (a generous bound)."""
+def _input_span(module: nn.Module) -> tuple[Fraction, Fraction, Fraction]:
+    """``(a, lo, hi)``: output index ``o`` of ``module`` depends on the input indices
+    ``a·o + lo`` to ``a·o + hi`` (one axis; the module's own padding included)."""
     if isinstance(module, _PADS):
-        return reach + max(module.padding)
-    if isinstance(module, nn.Conv2d):
-        return reach * module.stride[0] + module.dilation[0] * module.kernel_size[0]
-    if isinstance(module, nn.ConvTranspose2d):
-        return -(-reach // module.stride[0]) + module.kernel_size[0]
-    return reach
+        shift = Fraction(-max(module.padding))
+        return Fraction(1), shift, shift
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        k, s, p, d = module.kernel_size[0], module.stride[0], module.padding[0], module.dilation[0]
+        if isinstance(module, nn.Conv2d):
+            return Fraction(s), Fraction(-p), Fraction(d * (k - 1) - p)
+        # o = i·s - p + j·d for a tap j: inputs (o + p - d(k-1))/s .. (o + p)/s
+        return Fraction(1, s), Fraction(p - d * (k - 1), s), Fraction(p, s)
+    return Fraction(1), Fraction(0), Fraction(0)
 
 
 # --------------------------------------------------------------------------------------
