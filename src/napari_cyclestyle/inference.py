@@ -92,7 +92,8 @@ def translate(
         Called as ``progress(done, total)`` after each step (plane, or tile when tiled).
     tile_size : int, "auto" or None
         ``"auto"``: tile only planes whose forward pass would not fit ``memory_budget``,
-        with the largest tile that fits. An int: always tile, with tiles of that side
+        with the largest tile that fits (on the CPU at most 256 px, which runs faster
+        there). An int: always tile, with tiles of that side
         (pixels). None: never tile.
     overlap : int, optional
         Overlap between tiles in the blended modes (``statistics="estimate"`` or
@@ -113,9 +114,10 @@ def translate(
         planes when they need no tiling. The workers read the image and write
         ``output`` themselves, so both must be reachable from them.
     memory_budget : int, optional
-        Bytes the translation may use for activations (tile working set, and again for
-        stored activations before they spill to ``scratch``); default from the device's
-        free memory (see :func:`tiling.memory_budget`).
+        Bytes the translation may use for activations: a tile's working set (at most
+        half, when the tile is chosen automatically) and, in the rest but at least half,
+        stored activations kept in RAM before they spill to ``scratch``; default from
+        the device's free memory (see :func:`tiling.memory_budget`).
     scratch : path, optional
         Folder for activations that do not fit in RAM (exact tiled mode); default the
         system's temporary folder, or, on a dask cluster (where every activation goes
@@ -389,7 +391,7 @@ class _Job:
         if tile_size == "auto":
             padded = (height + -height % self.multiple, width + -width % self.multiple)
             if tiling.needs_tiling(self.network, *padded, budget):
-                # Half the budget for a tile's forward, half for stored activations.
+                # At most half the budget for a tile's forward (see below for the rest).
                 tile_size = tiling.auto_tile_size(
                     self.network, self.multiple, budget // 2, self.device
                 )
@@ -400,6 +402,10 @@ class _Job:
                 f"tile_size must be 'auto', a number of pixels or None, got {tile_size!r}."
             )
         if tile_size is not None:
+            # Stored activations get what the tile's forward leaves, and at least half:
+            # the more of them stay in RAM, the less goes through scratch files.
+            tile_bytes = tiling.forward_bytes_per_pixel(self.network) * tile_size**2
+            store_budget = max(budget // 2, budget - tile_bytes)
             self.translator = tiling.TiledTranslator(
                 self.network,
                 self.multiple,
@@ -411,7 +417,7 @@ class _Job:
                 statistics=statistics,
                 sample_fraction=sample_fraction,
                 device=self.device,
-                budget=budget // 2,
+                budget=store_budget,
                 scratch=scratch,
             )
         elif statistics not in tiling.STATISTICS_MODES:
