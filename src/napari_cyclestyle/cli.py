@@ -568,8 +568,8 @@ def _add_translate_parser(subparsers) -> None:
         "--output",
         "-o",
         metavar="OUT",
-        help="output folder; or an output file name when INPUT is one file "
-        "(default: beside each input)",
+        help="output folder; or, for a single INPUT, the output's name (a .zarr for a "
+        ".zarr input) (default: beside each input)",
     )
     parser.add_argument(
         "--direction",
