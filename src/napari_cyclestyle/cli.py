@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from .config import (
     ModelConfig,
     TrainConfig,
 )
+
+if TYPE_CHECKING:
+    from .model import CycleStyleModel
 
 PROG = "napari-cyclestyle"
 EXIT_OK = 0
@@ -725,7 +728,15 @@ def _run_translate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _translate_file(source: Path, target: Path, named: bool, model, direction, show, options):
+def _translate_file(
+    source: Path,
+    target: Path,
+    named: bool,
+    model: CycleStyleModel,
+    direction: str,
+    show: Callable[[int, int], None],
+    options: dict,
+) -> None:
     """Translate one image file into ``target`` (a zarr input tile by tile into a zarr)."""
     from .data import open_zarr_image, read_image
     from .inference import translate

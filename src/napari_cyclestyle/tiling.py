@@ -429,7 +429,9 @@ class _FileWriter:
 
 
 class _Stored(_Node):
-    def __init__(self, store: _Store | None, shape: tuple[int, int, int, int], device) -> None:
+    def __init__(
+        self, store: _Store | None, shape: tuple[int, int, int, int], device: torch.device
+    ) -> None:
         self.shape = shape
         self._store, self._device = store, device
 
