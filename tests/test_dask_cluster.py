@@ -148,8 +148,10 @@ def test_the_cli_translates_a_zarr_image_on_a_dask_scheduler(tmp_path, client):
     argv = ["translate", str(tmp_path / "model.safetensors"), source, "--tile-size", "64"]
     argv += ["--dask-scheduler", client.scheduler.address, "--device", "cpu"]
 
-    ran_on = workers_that_ran(client, lambda: main(argv))
+    codes = []
+    ran_on = workers_that_ran(client, lambda: codes.append(main(argv)))
 
+    assert codes == [EXIT_OK]
     assert ran_on == set(client.scheduler_info()["workers"])
     result = zarr.open_array(str(tmp_path / "slide_AtoB.zarr"), mode="r")[:]
     expected = translate(image, model, device="cpu", tile_size=64)

@@ -29,8 +29,12 @@ This module never imports napari or Qt.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
+import functools
 import math
+import mmap
 import os
 import shutil
 import tempfile
@@ -257,9 +261,19 @@ class _Node:
     shape: tuple[int, int, int, int]
     cheap = True  # reading a region reads stored data only (no convolution)
     leaves = 1  # stored arrays touched by one read
+    inputs: tuple[_Node, ...] = ()  # the nodes a read reads
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
         raise NotImplementedError
+
+    def first_row_read(self, y: int) -> int:
+        """The first row of the stored arrays below this node that reading rows from
+        ``y`` on touches (for nodes that keep the geometry: ``y`` itself)."""
+        return min((node.first_row_read(y) for node in self.inputs), default=y)
+
+    def stored_leaves(self) -> list[_Stored]:
+        """The stored arrays a read of this node reads."""
+        return [leaf for node in self.inputs for leaf in node.stored_leaves()]
 
 
 class _PlaneInput(_Node):
@@ -301,6 +315,10 @@ class _Crops(_Node):
     def __init__(self, source: _Node, origins: list[tuple[int, int]], size: tuple[int, int]):
         self.shape = (len(origins), source.shape[1], *size)
         self._source, self._origins = source, origins
+        self.inputs = (source,)
+
+    def first_row_read(self, y: int) -> int:
+        return 0  # the crops lie anywhere in the source
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
         return torch.cat(
@@ -312,41 +330,66 @@ class _Store:
     """An ``(N, C, H, W)`` float32 activation, written once on a grid of ``tile`` ×
     ``tile`` cells and then read in any regions.
 
-    It lives in RAM while the scratch budget allows, else as one ``.npy`` file per cell
-    in a scratch folder: written whole (no page-by-page updates of a big file) and read
-    through memory maps, and never written by two processes at once, so cluster workers
-    can share the folder. In one process the files are written by the scratch's writer
-    thread, so that the disk works while the next tile computes; :meth:`finish` waits
-    for them.
+    It is one array in RAM when it fits the scratch budget whole; else each cell stays
+    in RAM while the budget allows and goes to a ``.npy`` file in a scratch folder when
+    it does not: written whole (no page-by-page updates of a big file), read through
+    memory maps, and never written by two processes at once, so cluster workers can
+    share the folder (with a shared scratch, every cell is a file). In one process the
+    files are written by the scratch's writer thread, so that the disk works while the
+    next tile computes; :meth:`finish` waits for them. :meth:`release_rows_above` frees
+    cells that no later read needs, so RAM and page cache hold little beyond the data
+    still to be read.
     """
 
     def __init__(self, shape: tuple[int, int, int, int], scratch: _Scratch, tile: int) -> None:
         self.shape, self.tile = shape, tile
-        self._array = self._folder = None
+        self._shared = scratch.shared
+        # Cluster workers get a copy of the store: they need only the folder.
+        self._scratch = None if scratch.shared else scratch
         self._writer = None if scratch.shared else scratch.writer
+        self._array: Tensor | None = None
+        # A cell is a file's path or, in RAM, a buffer from the scratch's pool.
+        self._cells: dict[tuple[int, int], Tensor | str] = {}
+        self._folder: str | None = None
         self._pending: list[Future] = []
+        self._freed_rows = 0
+        # Bytes of the budget the whole array holds; shared with the finaliser.
+        self._reserved = [0]
+        weakref.finalize(self, _free_store, scratch, self._cells, self._reserved)
         nbytes = int(np.prod(shape)) * 4
-        if not scratch.shared and scratch.reserve(nbytes):
+        if scratch.shared:
+            self._make_folder(scratch)
+        elif scratch.reserve(nbytes):
             self._array = torch.empty(shape)
-            weakref.finalize(self, scratch.release, nbytes)
-        else:
-            self._folder = scratch.new_path()
-            os.mkdir(self._folder)
-            weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+            self._reserved[0] = nbytes
 
-    def _cell(self, row: int, column: int) -> str:
+    def _make_folder(self, scratch: _Scratch) -> None:
+        self._folder = scratch.new_path()
+        os.mkdir(self._folder)
+        weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+
+    def _path(self, row: int, column: int) -> str:
         return os.path.join(self._folder, f"{row}_{column}.npy")
 
+    def _cell(self, row: int, column: int) -> Tensor | str:
+        if self._shared:  # written by other processes: the file is the record
+            return self._path(row, column)
+        return self._cells[row, column]
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
-        """The region, a view when in RAM (callers must not modify it)."""
+        """The region, a view when in RAM as one array (callers must not modify it)."""
         if self._array is not None:
             return self._array[:, :, y0:y1, x0:x1]
         tile = self.tile
         region = torch.empty((*self.shape[:2], y1 - y0, x1 - x0))
         for row in range(y0 // tile, (y1 - 1) // tile + 1):
             for column in range(x0 // tile, (x1 - 1) // tile + 1):
-                cell = np.load(self._cell(row, column), mmap_mode="r")
+                cell = self._cell(row, column)
                 top, left = row * tile, column * tile
+                if isinstance(cell, str):
+                    cell = np.load(cell, mmap_mode="r")
+                else:
+                    cell = self._buffer_view(cell, top, left).numpy()
                 r0, r1 = max(y0, top), min(y1, top + tile)
                 c0, c1 = max(x0, left), min(x1, left + tile)
                 part = cell[:, :, r0 - top : r1 - top, c0 - left : c1 - left]
@@ -359,11 +402,25 @@ class _Store:
         if self._array is not None:
             self._array[:, :, y0:y1, x0:x1] = values
             return
-        path = self._cell(y0 // self.tile, x0 // self.tile)
+        row, column = y0 // self.tile, x0 // self.tile
+        buffer = None if self._shared else self._scratch.take(values.numel())
+        if buffer is not None:
+            self._cells[row, column] = buffer
+            self._buffer_view(buffer, y0, x0).copy_(values)
+            return
+        if self._folder is None:
+            self._make_folder(self._scratch)
+        path = self._cells[row, column] = self._path(row, column)
         if self._writer is None:
             np.save(path, values.numpy())
         else:
             self._pending.append(self._writer.save(path, values.numpy()))
+
+    def _buffer_view(self, buffer: Tensor, top: int, left: int) -> Tensor:
+        """A cell's buffer as the ``(N, C, h, w)`` cell at ``top``, ``left``."""
+        height = min(self.tile, self.shape[2] - top)
+        width = min(self.tile, self.shape[3] - left)
+        return buffer.view(*self.shape[:2], height, width)
 
     def finish(self) -> None:
         """Wait until every cell written so far is in its file (errors raised here)."""
@@ -371,20 +428,64 @@ class _Store:
             future.result()
         self._pending.clear()
 
+    def release_rows_above(self, y: int) -> None:
+        """Free every cell that lies wholly above row ``y`` (all of them for a ``y`` at or
+        beyond the bottom); reading there afterwards is an error."""
+        if self._array is not None:
+            if y >= self.shape[2]:
+                self._array = None
+                self._scratch.release(self._reserved[0])
+                self._reserved[0] = 0
+            return
+        total_rows = -(-self.shape[2] // self.tile)
+        rows = total_rows if y >= self.shape[2] else y // self.tile
+        columns = -(-self.shape[3] // self.tile)
+        for row in range(self._freed_rows, rows):
+            for column in range(columns):
+                cell = (
+                    self._path(row, column)
+                    if self._shared
+                    else self._cells.pop((row, column), None)
+                )
+                if isinstance(cell, str):
+                    with contextlib.suppress(FileNotFoundError):  # a cell never written
+                        os.remove(cell)
+                elif cell is not None:
+                    self._scratch.give_back(cell)
+        self._freed_rows = max(self._freed_rows, rows)
+
+
+def _free_store(scratch: _Scratch, cells: dict, reserved: list[int]) -> None:
+    scratch.release(reserved[0])
+    for cell in cells.values():
+        if not isinstance(cell, str):
+            scratch.give_back(cell)
+
 
 class _Scratch:
     """Where stored activations live: RAM up to ``budget`` bytes, then files in ``folder``;
     with ``shared``, every activation goes to ``folder``, which all workers of a cluster
-    must be able to reach."""
+    must be able to reach.
+
+    RAM for single cells comes from a pool of flat buffers, reused by size, each its own
+    anonymous memory map: cells are freed and made in every pass, and from the heap,
+    between the tiles' temporaries, they left freed memory resident (up to ~1.8x the
+    budget at 2048²).
+    """
 
     def __init__(self, budget: int, folder: str | os.PathLike | None, shared: bool) -> None:
         self._budget, self._used, self._folder = budget, 0, folder
         self.shared = shared
         self._directory: tempfile.TemporaryDirectory | None = None
         self._count = 0
+        self._idle: dict[int, list[Tensor]] = collections.defaultdict(list)
         self.writer = _FileWriter()
 
     def reserve(self, nbytes: int) -> bool:
+        """Count ``nbytes`` against the budget (dropping idle buffers to make room)."""
+        while self._used + nbytes > self._budget and any(self._idle.values()):
+            buffer = next(buffers for buffers in self._idle.values() if buffers).pop()
+            self._used -= buffer.nbytes
         if self._used + nbytes > self._budget:
             return False
         self._used += nbytes
@@ -392,6 +493,18 @@ class _Scratch:
 
     def release(self, nbytes: int) -> None:
         self._used -= nbytes
+
+    def take(self, numel: int) -> Tensor | None:
+        """A flat float32 buffer of ``numel`` values within the budget, or None."""
+        if self._idle[numel]:
+            return self._idle[numel].pop()
+        if not self.reserve(numel * 4):
+            return None
+        return torch.frombuffer(mmap.mmap(-1, numel * 4), dtype=torch.float32)
+
+    def give_back(self, buffer: Tensor) -> None:
+        """Return a buffer from :meth:`take` for reuse (it stays counted in the budget)."""
+        self._idle[buffer.numel()].append(buffer)
 
     def new_path(self) -> str:
         if self._directory is None:
@@ -403,6 +516,7 @@ class _Scratch:
 
     def close(self) -> None:
         self.writer.close()
+        self._idle.clear()
         if self._directory is not None:
             self._directory.cleanup()
 
@@ -429,20 +543,30 @@ class _FileWriter:
 
 
 class _Stored(_Node):
+    """A stored activation; ``serial`` numbers the stores of one layer-by-layer run."""
+
     def __init__(
-        self, store: _Store | None, shape: tuple[int, int, int, int], device: torch.device
+        self,
+        store: _Store | None,
+        shape: tuple[int, int, int, int],
+        device: torch.device,
+        serial: int,
     ) -> None:
-        self.shape = shape
-        self._store, self._device = store, device
+        self.shape, self.serial = shape, serial
+        self.store, self._device = store, device
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
-        return self._store.read(y0, y1, x0, x1).to(self._device)
+        return self.store.read(y0, y1, x0, x1).to(self._device)
+
+    def stored_leaves(self) -> list[_Stored]:
+        return [self]
 
 
 class _Pointwise(_Node):
     def __init__(self, source: _Node, ops: list[nn.Module]) -> None:
         self.shape, self.cheap, self.leaves = source.shape, source.cheap, source.leaves
         self.source, self.ops = source, ops
+        self.inputs = (source,)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
         x = self.source.read(y0, y1, x0, x1)
@@ -466,6 +590,7 @@ class _Combine(_Node):
         self.leaves = sum(p.leaves for p in parts)
         self.cheap = all(p.cheap for p in parts) and self.leaves <= 3
         self.parts, self.concat = parts, concat
+        self.inputs = tuple(parts)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
         values = [p.read(y0, y1, x0, x1) for p in self.parts]
@@ -483,6 +608,7 @@ class _Segment(_Node):
 
     def __init__(self, source: _Node, modules: list[nn.Module]) -> None:
         self.source, self.modules = source, modules
+        self.inputs = (source,)
         n, _, height, width = source.shape
         out_h, out_w, channels = height, width, source.shape[1]
         scale, align = Fraction(1), 1
@@ -511,6 +637,9 @@ class _Segment(_Node):
         first = max(0, first // self.align * self.align)
         last = min(size, -(-last // self.align) * self.align)
         return first, last
+
+    def first_row_read(self, y: int) -> int:
+        return self.source.first_row_read(self.source_region(y, y + 1, self.source.shape[2])[0])
 
     @property
     def source_is_stored(self) -> bool:
@@ -576,7 +705,9 @@ class _Layerwise:
 
     Every method that may compute is a generator yielding once per tile; ``dry`` counts
     the tiles without computing anything. ``tasks`` runs the tiles of each pass (here,
-    or spread over a cluster).
+    or spread over a cluster). ``reads`` maps each store's serial to the last pass that
+    read it; given the ``reads`` of a dry run as ``last_reads``, a run frees stored cells
+    as soon as their last pass has consumed them.
     """
 
     def __init__(
@@ -589,10 +720,13 @@ class _Layerwise:
         tasks: LocalTasks | DaskTasks,
         dry: bool,
         boxes: list[tuple[int, int, int, int]] | None = None,
+        last_reads: dict[int, int] | None = None,
     ) -> None:
         self.tile, self.reference_channels, self.full_size = tile, reference_channels, full_size
         self.device, self.scratch, self.tasks, self.dry = device, scratch, tasks, dry
-        self.boxes = boxes
+        self.boxes, self.last_reads = boxes, last_reads
+        self.reads: dict[int, int] = {}
+        self._passes = self._stores = 0
         self.statistics: dict[nn.Module, FrozenNorm] = {}
         # Sources to store while a stretch reading them is materialised (node -> stored).
         self._capture: dict[_Node, _Stored | None] = {}
@@ -671,16 +805,42 @@ class _Layerwise:
             for y0 in range(0, height, tile)
             for x0 in range(0, width, tile)
         ]
-        for partials in self.tasks.map(task, regions) if task else ([] for _ in regions):
-            for partial in partials:
+        for partials in self.run_pass(node, task, regions):
+            for partial in partials or ():
                 moments.merge(partial)
             yield
         for written in (store, source_store):
             if written is not None:
                 written.finish()
         if capture:
-            self._capture[source] = _Stored(source_store, source.shape, self.device)
-        return _Stored(store, node.shape, self.device), moments
+            self._capture[source] = self._stored(source_store, source.shape)
+        return self._stored(store, node.shape), moments
+
+    def _stored(self, store: _Store | None, shape: tuple[int, int, int, int]) -> _Stored:
+        self._stores += 1
+        return _Stored(store, shape, self.device, self._stores)
+
+    def run_pass(
+        self, node: _Node, task: Callable | None, regions: list[tuple], top: int = 0
+    ) -> Iterator:
+        """``task(region)`` for each region of ``node`` (row-major; ``top`` shifts their
+        rows into the node's), yielded in order (None each when dry). Stored arrays whose
+        last pass this is are freed row by row as the tiles move down."""
+        self._passes += 1
+        leaves = node.stored_leaves()
+        for leaf in leaves:
+            self.reads[leaf.serial] = self._passes
+        last = self.last_reads or {}
+        consumed = [leaf.store for leaf in leaves if last.get(leaf.serial) == self._passes]
+        results = (None for _ in regions) if self.dry else self.tasks.map(task, regions)
+        for result, region, following in zip(results, regions, [*regions[1:], None], strict=True):
+            yield result
+            if consumed and following is not None and following[0] > region[0]:
+                row = node.first_row_read(following[0] + top)
+                for store in consumed:
+                    store.release_rows_above(row)
+        for store in consumed:
+            store.release_rows_above(store.shape[2])
 
     def _level_boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]] | None:
         if self.boxes is None:
@@ -690,6 +850,21 @@ class _Layerwise:
             (math.floor(b0 * fy), math.ceil(b1 * fy), math.floor(c0 * fx), math.ceil(c1 * fx))
             for b0, b1, c0, c1 in self.boxes
         ]
+
+
+def _planned(
+    runner: Callable[..., _Layerwise], passes: Callable[[_Layerwise], Iterator[None]], dry: bool
+) -> Iterator[None]:
+    """Run ``passes`` with a runner made by ``runner(dry, last_reads=...)``; unless
+    ``dry``, a dry run first learns the last pass that reads each stored array, so that
+    the real run frees stored cells as soon as they are consumed. Returns what
+    ``passes`` returns."""
+    last_reads = None
+    if not dry:
+        planner = runner(True)
+        collections.deque(passes(planner), maxlen=0)
+        last_reads = planner.reads
+    return (yield from passes(runner(dry, last_reads=last_reads)))
 
 
 def _then(node: _Node, module: nn.Module) -> _Node:
@@ -883,20 +1058,28 @@ class TiledTranslator:
             scratch.close()
 
     def _exact(self, plane, write, scratch, tasks, grid, dry: bool) -> Iterator[None]:
-        runner = _Layerwise(
-            self.tile, self.reference_channels, self.padded, self.device, scratch, tasks, dry
-        )
-        result = yield from runner.run(self.network, plane)
         (height, width), (grid_y, grid_x) = self.size, grid
         regions = [
             (y0, min(y0 + grid_y, height), x0, min(x0 + grid_x, width))
             for y0 in range(0, height, grid_y)
             for x0 in range(0, width, grid_x)
         ]
-        if dry:
-            yield from (None for _ in regions)
-            return
-        yield from tasks.map(_WriteTask(result, self.offset, write), regions)
+
+        def passes(runner: _Layerwise) -> Iterator[None]:
+            result = yield from runner.run(self.network, plane)
+            task = None if runner.dry else _WriteTask(result, self.offset, write)
+            yield from runner.run_pass(result, task, regions, top=self.offset[0])
+
+        runner = functools.partial(
+            _Layerwise,
+            self.tile,
+            self.reference_channels,
+            self.padded,
+            self.device,
+            scratch,
+            tasks,
+        )
+        yield from _planned(runner, passes, dry)
 
     def _estimate(self, plane: _PlaneInput, scratch, tasks, dry: bool) -> Iterator[None]:
         """Statistics of every instance norm from a sample of tiles with context."""
@@ -908,11 +1091,22 @@ class TiledTranslator:
         # All crops go through each layer together: keep a tile of all of them in budget.
         per_crop = self.budget / (len(origins) * forward_bytes_per_pixel(self.network))
         tile = max(self.multiple, int(math.sqrt(per_crop)))
-        runner = _Layerwise(
-            tile, self.reference_channels, size, self.device, scratch, tasks, dry, boxes=boxes
+
+        def passes(runner: _Layerwise) -> Iterator[None]:
+            yield from runner.run(self.network, _Crops(plane, origins, size))
+            return runner.statistics
+
+        runner = functools.partial(
+            _Layerwise,
+            tile,
+            self.reference_channels,
+            size,
+            self.device,
+            scratch,
+            tasks,
+            boxes=boxes,
         )
-        yield from runner.run(self.network, _Crops(plane, origins, size))
-        return runner.statistics
+        return (yield from _planned(runner, passes, dry))
 
     def _blended(self, network, plane: _PlaneInput, write, tasks, dry: bool) -> Iterator[None]:
         """Overlapping tiles, blended with raised-cosine weights."""
