@@ -1184,7 +1184,9 @@ class DaskTasks:
     """Spreads the tiles of a pass over the workers of a ``dask.distributed`` client.
 
     The task is sent to the cluster once per pass; results come back in order, and
-    stopping the iteration cancels the tiles not yet done.
+    stopping the iteration cancels the tiles not yet done. Items are first placed on
+    the workers in turn (the scheduler may move them): left to itself, it could run a
+    few short tasks all on the worker that asked first.
     """
 
     def __init__(self, client) -> None:
@@ -1194,7 +1196,18 @@ class DaskTasks:
         """``task(item)`` for each item, run on the workers, yielded in order."""
         # On every worker, so that where the task lies does not draw all tiles to one.
         shared = self.client.scatter(task, hash=False, broadcast=True)
-        futures = self.client.map(_call, [shared] * len(items), items, pure=False)
+        workers = list(self.client.nthreads())
+        futures = [
+            self.client.submit(
+                _call,
+                shared,
+                item,
+                pure=False,
+                workers=workers[index % len(workers)] if workers else None,
+                allow_other_workers=bool(workers),
+            )
+            for index, item in enumerate(items)
+        ]
         try:
             for future in futures:
                 yield future.result()
