@@ -474,7 +474,8 @@ class _Scratch:
     memory map, reused for any cell that fills at least half of one. Cells are freed and
     made in every pass; taken from the heap, between the tiles' temporaries, they kept
     freed memory resident (peaks of 1.83-1.89 GiB at 2048² for a 1 GiB budget, against
-    1.29-1.55 GiB in most runs, for ~8 % more time spent faulting temporaries in).
+    1.29-1.55 GiB in most runs, for ~8 % more time: probably temporaries that the
+    allocator now hands back and faults in again).
     """
 
     def __init__(self, budget: int, folder: str | os.PathLike | None, shared: bool) -> None:
