@@ -12,6 +12,12 @@ from napari_cyclestyle.config import Config, ModelConfig, TrainConfig
 # CPU when other processes (torchrun ranks, CLI subprocesses) run beside the tests.
 torch.set_num_threads(1)
 
+# A test parametrised over DEVICES also runs on a CUDA GPU where there is one (the
+# device checks of a GPU machine); elsewhere its CUDA case is skipped.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = pytest.param("cuda", marks=needs_cuda)
+DEVICES = ["cpu", CUDA]
+
 
 def tiny_config(**train_overrides) -> Config:
     """A configuration that trains in well under a second per step on a CPU."""

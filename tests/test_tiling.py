@@ -15,6 +15,8 @@ from napari_cyclestyle.intensity import IntensityNorm
 from napari_cyclestyle.model import CycleStyleModel, build_generators
 from napari_cyclestyle.tiling import auto_tile_size, blend_window, tile_starts
 
+from .conftest import DEVICES, needs_cuda
+
 
 def make_model(generator: str, channels: int, norm: str = "instance", ngf: int = 8):
     """A randomly initialised model (PyTorch's default init: statistics matter) whose
@@ -73,12 +75,23 @@ def test_exact_tiles_equal_whole_image(generator, rgb, shape, tile_sizes):
         assert max_error(tiled, whole) <= 1e-3, (generator, tile_size)
 
 
-def test_exact_tiles_equal_whole_image_768x1024():
+@pytest.mark.parametrize("device", DEVICES)
+def test_exact_tiles_equal_whole_image_768x1024(device):
     model = make_model("resnet_6blocks", 3)
     image = photo(768, 1024, rgb=True)
-    whole = translate(image, model, device="cpu", tile_size=None)
-    tiled = translate(image, model, device="cpu", tile_size=300, statistics="exact")
+    whole = translate(image, model, device=device, tile_size=None)
+    tiled = translate(image, model, device=device, tile_size=300, statistics="exact")
     assert max_error(tiled, whole) <= 1e-3
+
+
+@needs_cuda
+@pytest.mark.parametrize("generator", ["resnet_9blocks", "unet_128"])
+def test_cuda_translates_like_the_cpu(generator):
+    model = make_model(generator, 3)
+    image = photo(256, 384, rgb=True)
+    on_cpu = translate(image, model, device="cpu", tile_size=None)
+    on_cuda = translate(image, model, device="cuda", tile_size=128, statistics="exact")
+    assert max_error(on_cuda, on_cpu) <= 1e-3
 
 
 @pytest.mark.slow

@@ -152,3 +152,31 @@ def test_rgb_image_into_a_gray_model_is_a_channel_mismatch_not_a_crash():
     image = np.zeros((20, 24, 3), np.uint8)
     with pytest.raises(ValueError, match=r"has 3 channel\(s\).*expects 1"):
         translate(image, identity_model(1, 1), "AtoB")
+
+
+class PrecisionSpy(ChannelIdentity):
+    """Records cuDNN's float32 convolution precision at each forward."""
+
+    def __init__(self, out_channels: int):
+        super().__init__(out_channels)
+        self.seen: list[str] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.backends.cudnn.conv.fp32_precision)
+        return super().forward(x)
+
+
+def test_translation_convolves_in_ieee_float32_and_restores_the_users_setting():
+    # cuDNN's default TF32 rounding would make tiles differ from the whole image.
+    conv = torch.backends.cudnn.conv
+    users = conv.fp32_precision
+    conv.fp32_precision = "tf32"
+    try:
+        spy = PrecisionSpy(1)
+        config = ModelConfig(generator="resnet_6blocks", channels_a=1, channels_b=1)
+        model = CycleStyleModel(config, spy, ChannelIdentity(1), None, None)
+        translate(np.zeros((2, 16, 16), np.float32), model, device="cpu", tile_size=None)
+        assert spy.seen == ["ieee", "ieee"]
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = users

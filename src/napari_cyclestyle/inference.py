@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional
 
 from . import tiling
-from .devices import is_out_of_memory, resolve_device
+from .devices import exact_inference, is_out_of_memory, resolve_device
 from .intensity import IntensityNorm, check_finite, fit_intensity
 from .layout import ImageLayout, from_planes, infer_layout, to_planes
 from .model import CycleStyleModel, parse_direction
@@ -324,7 +324,7 @@ def _out_of_memory_advice(job: _Job):
         ) from error
 
 
-@torch.inference_mode()
+@exact_inference
 def run_generator(
     network: nn.Module, batch: torch.Tensor, multiple: int, minimum: int = 0
 ) -> torch.Tensor:

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from .config import STATISTICS_MODES
+from .devices import exact_inference
 from .networks import (
     EncoderDecoderGenerator,
     ResnetBlock,
@@ -891,7 +892,7 @@ class _StoreTask:
         self.node, self.store, self.source_store = node, store, source_store
         self.with_moments, self.boxes = with_moments, boxes
 
-    @torch.inference_mode()
+    @exact_inference
     def __call__(self, region: tuple[int, int, int, int]) -> list:
         if self.source_store is not None:
             values, inputs = self.node.read_with_source(*region)
@@ -1151,7 +1152,7 @@ class _WriteTask:
     def __init__(self, result: _Node, offset: tuple[int, int], write: RegionWriter) -> None:
         self.result, self.offset, self.write = result, offset, write
 
-    @torch.inference_mode()
+    @exact_inference
     def __call__(self, region: tuple[int, int, int, int]) -> None:
         (y0, y1, x0, x1), (top, left) = region, self.offset
         values = self.result.read(top + y0, top + y1, left + x0, left + x1)
@@ -1164,7 +1165,7 @@ class _ForwardTask:
     def __init__(self, network: nn.Module, plane: _PlaneInput, size: tuple[int, int]) -> None:
         self.network, self.plane, self.size = network, plane, size
 
-    @torch.inference_mode()
+    @exact_inference
     def __call__(self, origin: tuple[int, int]) -> np.ndarray:
         (y0, x0), (height, width) = origin, self.size
         return (
