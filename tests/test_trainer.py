@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from napari_cyclestyle.config import PRECISIONS
+from napari_cyclestyle.inference import translate
 from napari_cyclestyle.model_file import load_checkpoint, load_model
 from napari_cyclestyle.trainer import (
     LOSS_NAMES,
@@ -15,7 +17,7 @@ from napari_cyclestyle.trainer import (
     train,
 )
 
-from .conftest import assert_trained_alike, tiny_config
+from .conftest import DEVICES, assert_trained_alike, needs_cuda, tiny_config
 
 
 def test_training_yields_one_event_per_step_and_writes_the_model(tmp_path, gray_domains):
@@ -98,8 +100,19 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     }
 
 
-def test_resume_continues_exactly(tmp_path, gray_domains):
-    config = tiny_config(n_steps=3, n_steps_decay=3, deterministic=True, pool_size=2)
+@pytest.mark.parametrize(
+    ("device", "precision"),
+    [("cpu", "auto"), *(pytest.param("cuda", p, marks=needs_cuda) for p in PRECISIONS)],
+)
+def test_resume_continues_exactly(tmp_path, gray_domains, device, precision):
+    config = tiny_config(
+        n_steps=3,
+        n_steps_decay=3,
+        deterministic=True,
+        pool_size=2,
+        device=device,
+        precision=precision,  # on CUDA, fp16 resumes its loss scale too
+    )
     config.model.dropout = True  # dropout draws from torch's RNG: its state must resume too
     straight = Trainer(*gray_domains, config, output=tmp_path / "straight.safetensors")
     list(straight.run())
@@ -157,12 +170,21 @@ def test_identity_loss_is_off_when_channel_counts_differ(tmp_path, gray_domains)
     assert events[-1].preview["fake_B"].shape == (3, 32, 32)
 
 
-def test_batched_forward_gives_the_same_weights_as_one_call_per_image_set(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_forward_gives_the_same_weights_as_one_call_per_image_set(tmp_path, device):
     rng = np.random.default_rng(3)
     domains = (rng.integers(0, 256, (40, 40), np.uint8), rng.integers(0, 256, (40, 40), np.uint8))
     trained = {}
     for batched in (False, True):
-        config = tiny_config(n_steps=3, n_steps_decay=0, batch_size=2, batched_forward=batched)
+        config = tiny_config(
+            n_steps=3,
+            n_steps_decay=0,
+            batch_size=2,
+            batched_forward=batched,
+            device=device,
+            precision="fp32",
+            deterministic=True,
+        )
         trainer = Trainer(*domains, config, output=tmp_path / f"{batched}.safetensors")
         list(trainer.run())
         trained[batched] = _weights(trainer)
@@ -235,3 +257,70 @@ def test_a_checkpoint_with_damaged_training_state_is_a_clear_error(tmp_path, gra
     save_checkpoint(state, tmp_path / "damaged.checkpoint.pt")
     with pytest.raises(ModelFileError, match="damaged.checkpoint.pt: a damaged training"):
         Trainer(*gray_domains, resume=tmp_path / "damaged.checkpoint.pt")
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_each_precision_trains_on_cuda_a_model_the_cpu_can_use(tmp_path, gray_domains, precision):
+    output = tmp_path / "m.safetensors"
+    trainer = Trainer(
+        *gray_domains, tiny_config(device="cuda", precision=precision), output=output
+    )
+    events = list(trainer.run())
+    mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    assert trainer.precision == (mixed if precision == "auto" else precision)
+    assert (trainer.scaler is not None) == (trainer.precision == "fp16")
+    losses = [value for event in events if event.losses for value in event.losses.values()]
+    assert losses and np.isfinite(losses).all()
+    plane = gray_domains[0][0]
+    translated = translate(plane, load_model(output), device="cpu")
+    assert translated.shape == plane.shape and translated.dtype == np.uint8
+
+
+@needs_cuda
+@pytest.mark.parametrize("autotune", [False, True])
+def test_cudnn_autotuning_on_cuda_follows_its_switch(
+    tmp_path, gray_domains, monkeypatch, autotune
+):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not autotune)
+    config = tiny_config(device="cuda", cudnn_benchmark=autotune)
+    Trainer(*gray_domains, config, output=tmp_path / "m.safetensors")
+    assert torch.backends.cudnn.benchmark is autotune
+
+
+def _train_weights(
+    tmp_path, domains, name: str, steps: int = 2, **settings
+) -> dict[str, torch.Tensor]:
+    config = tiny_config(n_steps=steps, n_steps_decay=0, batch_size=2, **settings)
+    trainer = Trainer(*domains, config, output=tmp_path / f"{name}.safetensors")
+    list(trainer.run())
+    return _weights(trainer)
+
+
+def test_networks_that_cannot_be_compiled_train_uncompiled(tmp_path, gray_domains, monkeypatch):
+    def broken_compile(network):
+        def compiled(batch):
+            raise RuntimeError("no C compiler found")
+
+        return compiled
+
+    expected = _train_weights(tmp_path, gray_domains, "plain")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning) as warned:
+        actual = _train_weights(tmp_path, gray_domains, "fallback", compile=True)
+    messages = [str(warning.message) for warning in warned]
+    for name in ("G", "F", "D_A", "D_B"):  # each network says so once
+        said = [m for m in messages if f"could not compile {name} " in m]
+        assert len(said) == 1 and "no C compiler found" in said[0], messages
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+@pytest.mark.slow
+def test_a_compiled_step_gives_the_same_weights(tmp_path, gray_domains):
+    # One step: the compiler computes the norms in another order, and from the second
+    # step on Adam's near sign-like updates (beta1 0.5) amplify such rounding differences
+    # (measured: none of the conv weights off by 1e-5 after one step, 32 % after two).
+    expected = _train_weights(tmp_path, gray_domains, "plain", steps=1)
+    actual = _train_weights(tmp_path, gray_domains, "compiled", steps=1, compile=True)
+    assert_trained_alike(expected, actual, 2e-4, steps=1)

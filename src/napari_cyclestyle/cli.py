@@ -36,6 +36,7 @@ from .config import (
     GAN_MODES,
     GENERATORS,
     NORMS,
+    PRECISIONS,
     STATISTICS_MODES,
     Config,
     ConfigError,
@@ -286,6 +287,29 @@ _TRAIN_FLAGS = {
         {"action": argparse.BooleanOptionalAction, "help": "deterministic torch algorithms"},
     ),
     "--device": ("device", {"choices": DEVICES, "help": "where to train"}),
+    "--precision": (
+        "precision",
+        {
+            "choices": PRECISIONS,
+            "help": "arithmetic: auto is bf16 (else fp16) mixed precision on CUDA, fp32 "
+            "elsewhere; fp32 is IEEE float32 everywhere",
+        },
+    ),
+    "--compile": (
+        "compile",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "compile the networks with torch.compile (faster steps after a minute "
+            "or more of compiling)",
+        },
+    ),
+    "--cudnn-benchmark": (
+        "cudnn_benchmark",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "let cuDNN time its convolution algorithms and keep the fastest (CUDA)",
+        },
+    ),
     "--checkpoint-every": (
         "checkpoint_every",
         {"type": int, "metavar": "N", "help": "write a checkpoint every N steps (0: at the end)"},

@@ -137,10 +137,15 @@ class TrainConfig:
         would mix the sets.
     precision : str
         ``auto``: mixed precision on CUDA (bf16 where supported, else fp16 with a
-        gradient scaler), fp32 elsewhere; ``fp32``; ``bf16``; ``fp16`` (CUDA only).
+        gradient scaler), fp32 elsewhere; ``fp32`` (IEEE float32: on CUDA without
+        cuDNN's default TF32 rounding); ``bf16``; ``fp16`` (CUDA only).
     cudnn_benchmark : bool
         Let cuDNN pick the fastest convolution algorithms (CUDA; not with
         ``deterministic``).
+    compile : bool
+        Compile the networks with ``torch.compile``: faster steps once compiled, after a
+        minute or more of compiling before the first step (and again for a new batch
+        shape). A network that cannot be compiled trains uncompiled, with a warning.
     """
 
     n_steps: int = 100
@@ -165,11 +170,12 @@ class TrainConfig:
     batched_forward: bool = True
     precision: str = "auto"
     cudnn_benchmark: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GAN_MODES)
         _check_choice("precision", self.precision, PRECISIONS)
-        for name in ("flip", "deterministic", "batched_forward", "cudnn_benchmark"):
+        for name in ("flip", "deterministic", "batched_forward", "cudnn_benchmark", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         _check_choice("device", self.device, DEVICES)

@@ -7,11 +7,12 @@ generator or call :meth:`Trainer.stop`, and the model file and a checkpoint are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from torch import nn
 from . import __version__, distributed
 from .config import Config
 from .data import Domain
-from .devices import is_out_of_memory
+from .devices import ieee_float32, is_out_of_memory
 from .distributed import wrap
 from .intensity import IntensityNorm
 from .losses import GANLoss, ImagePool, cycle_loss
@@ -50,6 +51,32 @@ LOSS_NAMES = (
     "D_B",
 )
 _GENERATOR_LOSSES = LOSS_NAMES[:6]
+
+
+class _CompiledOrEager:
+    """Calls ``torch.compile(network)``; if compiling fails, warns once and calls the
+    network itself from then on (compilers fail in many ways: no C compiler, no
+    Triton, an unsupported platform)."""
+
+    def __init__(self, network: nn.Module, name: str) -> None:
+        self.network, self.name = network, name
+        self.compiled: Callable | None = torch.compile(network)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(batch)
+            except Exception as error:  # any compiler failure
+                if is_out_of_memory(error):
+                    raise
+                warnings.warn(
+                    f"torch.compile could not compile {self.name} ({type(error).__name__}: "
+                    f"{str(error)[:300]}); it trains uncompiled.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.compiled = None
+        return self.network(batch)
 
 
 class TrainingDiverged(RuntimeError):
@@ -216,8 +243,8 @@ class Trainer:
         train, model = self.config.train, self.config.model
         if train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        elif self.device.type == "cuda" and train.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = train.cudnn_benchmark and not train.deterministic
         torch.manual_seed(train.seed)
         generator_ab, generator_ba = build_generators(model)
         discriminator_a, discriminator_b = (
@@ -233,13 +260,15 @@ class Trainer:
         if checkpoint is not None:
             for name, network in self.networks.named().items():
                 network.load_state_dict(checkpoint["networks"][name])
-        # What the step calls: DistributedDataParallel wrappers under torchrun.
-        self._train_networks = _Networks(
-            *(
-                wrap(network, self.context, self.device)
-                for network in self.networks.named().values()
-            )
-        )
+        # What the step calls: DistributedDataParallel wrappers under torchrun, compiled
+        # if asked.
+        called = {
+            name: wrap(network, self.context, self.device)
+            for name, network in self.networks.named().items()
+        }
+        if train.compile:
+            called = {name: _CompiledOrEager(network, name) for name, network in called.items()}
+        self._train_networks = _Networks(*called.values())
         self.batched_forward = train.batched_forward and model.norm != "batch"
         self.use_identity = train.lambda_identity > 0 and model.channels_a == model.channels_b
         self._setup_precision()
@@ -482,7 +511,8 @@ class Trainer:
         """One training step; running out of memory becomes advice, not a traceback."""
         try:
             real_a, real_b = self._sample()
-            return self._train_step(real_a, real_b)
+            with ieee_float32() if self.precision == "fp32" else contextlib.nullcontext():
+                return self._train_step(real_a, real_b)
         except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(error):
                 raise
@@ -626,6 +656,8 @@ class Trainer:
                 "pools": [rank["pools"] for rank in ranks],
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                # fp16's loss scale, learnt over the steps so far (empty in other precisions).
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "last_losses": json.dumps(self.last_losses),
             }
             save_checkpoint(state, path)
@@ -656,6 +688,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.scaler is not None and state.get("grad_scaler"):  # older checkpoints: none
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
         self.last_losses = json.loads(state["last_losses"])
 
