@@ -2,13 +2,16 @@
 
 Measures, each in a fresh Python process (so peak memory belongs to one measurement):
 
-- the machine's fp32 matmul rate (a large square matmul, best of a few, after warm-up);
+- the machine's fp32 matmul rate (a large square matmul, best of a few, after warm-up),
+  and on CUDA its bf16 rate too (the yardstick of mixed-precision steps);
 - training through the real :class:`~napari_cyclestyle.Trainer`: steps/s, images/s,
   FLOPs per step (``torch.utils.flop_counter``: convolutions and matmuls, forward and
   backward), the achieved fraction of the matmul rate and peak memory, for
   resnet_9blocks ngf 64 crop 256, resnet_9blocks ngf 16 crop 64 and the small
   encoder-decoder crop 128, at batch 1 and 4, with ``batched_forward`` (the default) and,
-  at batch 1, without it (plain eager: one network call per image set);
+  at batch 1, without it (plain eager: one network call per image set); on CUDA also the
+  large configuration in fp32 and with cuDNN autotuning off, beside the defaults
+  (mixed precision, autotuning on);
 - translation (``translate``, resnet_9blocks ngf 64, RGB uint8) of 1024² and 4096² images:
   megapixels/s, achieved fraction of the matmul rate, peak memory;
 - ``import napari_cyclestyle`` time (fresh processes, best of several);
@@ -21,6 +24,7 @@ Usage::
     .venv/bin/python benchmarks/bench.py --quick          # tiny sizes, well under a minute
     .venv/bin/python benchmarks/bench.py --json out.json  # also write every figure as JSON
     .venv/bin/python benchmarks/bench.py --device cuda    # on a GPU (default: auto)
+    .venv/bin/python benchmarks/bench.py --device cuda --one-process --no-widgets
 
 Prints a table; asserts nothing. The targets of issue 6 are checked at the end of a full
 run. Peak memory is resident memory (``ru_maxrss``) above the process's size just before
@@ -145,15 +149,11 @@ def _count_flops(function) -> float:
 
 
 # ------------------------------------------------------------------ measurements (child)
-def measure_matmul(settings: Settings, device_name: str) -> dict:
-    """fp32 rate of an ``n × n`` matmul (best of several, after warm-up), in GFLOP/s."""
+def _matmul_rate(n: int, device, dtype) -> float:
+    """GFLOP/s of an ``n × n`` matmul in ``dtype`` (best of several, after warm-up)."""
     import torch
 
-    from napari_cyclestyle.devices import describe_device, resolve_device
-
-    device = resolve_device(device_name)
-    n = settings.matmul_size
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(2):
         a @ b
     _synchronize(device)
@@ -163,13 +163,27 @@ def measure_matmul(settings: Settings, device_name: str) -> dict:
         a @ b
         _synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return {
+    return 2 * n**3 / best / 1e9
+
+
+def measure_matmul(settings: Settings, device_name: str) -> dict:
+    """fp32 matmul rate in GFLOP/s and, on CUDA, the bf16 rate."""
+    import torch
+
+    from napari_cyclestyle.devices import describe_device, resolve_device
+
+    device = resolve_device(device_name)
+    n = settings.matmul_size
+    result = {
         "size": n,
-        "gflops_per_second": 2 * n**3 / best / 1e9,
+        "gflops_per_second": _matmul_rate(n, device, torch.float32),
         "device": describe_device(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+    if device.type == "cuda":
+        result["bf16_gflops_per_second"] = _matmul_rate(n, device, torch.bfloat16)
+    return result
 
 
 def _domain_images(crop_size: int, seed: int) -> np.ndarray:
@@ -179,7 +193,13 @@ def _domain_images(crop_size: int, seed: int) -> np.ndarray:
 
 
 def measure_training(
-    settings: Settings, case: TrainCase, batch_size: int, batched: bool, device_name: str
+    settings: Settings,
+    case: TrainCase,
+    batch_size: int,
+    batched: bool,
+    device_name: str,
+    precision: str = "auto",
+    cudnn_benchmark: bool = True,
 ) -> dict:
     """Speed, FLOPs and peak memory of training steps through :class:`Trainer`."""
     import torch
@@ -195,6 +215,8 @@ def measure_training(
             crop_size=case.crop_size,
             batched_forward=batched,
             device=device_name,
+            precision=precision,
+            cudnn_benchmark=cudnn_benchmark,
             checkpoint_every=0,
             preview_every=0,
         ),
@@ -230,6 +252,7 @@ def measure_training(
         "batch_size": batch_size,
         "forward": "batched" if batched else "eager",
         "precision": precision,
+        "cudnn_benchmark": cudnn_benchmark if trainer.device.type == "cuda" else None,
         "timed_steps": len(times),
         "step_seconds": times,
         "steps_per_second": steps_per_second,
@@ -335,14 +358,15 @@ def _run_isolated(
     specs: list[str], args: argparse.Namespace, wrapper: list[str] | None = None
 ) -> list[dict]:
     """Each measurement in its own process (full run: peak memory per measurement), or
-    all in one (``--quick``: a few seconds of start-up instead of many)."""
-    if args.quick:
+    all in one (``--quick``, ``--one-process``: a few seconds of start-up instead of many)."""
+    if args.quick or args.one_process:
         _progress(f"{len(specs)} measurements in one process ...")
         return _run_children(specs, args, wrapper)
     results = []
     for spec in specs:
         _progress(spec + " ...")
         results += _run_children([spec], args, wrapper)
+        _progress("  " + json.dumps({k: v for k, v in results[-1].items() if k != "step_seconds"}))
     return results
 
 
@@ -400,31 +424,33 @@ def run_all(args: argparse.Namespace) -> dict:
     """Every measurement, each in its own process; the collected results."""
     settings = QUICK if args.quick else FULL
     results: dict = {"quick": args.quick, "machine": _machine()}
+    results["matmul"] = _run_isolated(["matmul"], args)[0]
     training_keys = [
-        (case.name, batch_size, batched)
+        (case.name, batch_size, "batched" if batched else "eager", "auto", "on")
         for case in settings.cases
         for batch_size in BATCH_SIZES
         for batched in ((True, False) if batch_size == 1 else (True,))
     ]
-    specs = ["matmul"]
-    specs += [
-        f"train:{name}:{batch_size}:{'batched' if batched else 'eager'}"
-        for name, batch_size, batched in training_keys
-    ]
+    if results["matmul"].get("device", "").startswith("cuda"):
+        # What the CUDA defaults (mixed precision, cuDNN autotuning) buy.
+        training_keys += [
+            (settings.cases[0].name, batch_size, "batched", precision, cudnn)
+            for batch_size in BATCH_SIZES
+            for precision, cudnn in (("fp32", "on"), ("auto", "off"))
+        ]
+    specs = ["train:" + ":".join(map(str, key)) for key in training_keys]
     specs += [f"translate:{size}:{tiling}" for size, tiling in settings.translate_cases]
     measured = _run_isolated(specs, args)
-    results["matmul"] = measured[0]
     results["training"] = [
-        {"config": name, "batch_size": batch_size, "forward": "batched" if batched else "eager"}
-        | result
-        for (name, batch_size, batched), result in zip(
-            training_keys, measured[1 : 1 + len(training_keys)], strict=True
+        {"config": name, "batch_size": batch_size, "forward": forward} | result
+        for (name, batch_size, forward, _, _), result in zip(
+            training_keys, measured[: len(training_keys)], strict=True
         )
     ]
     results["translation"] = [
         {"size": size, "tile_size": tiling} | result
         for (size, tiling), result in zip(
-            settings.translate_cases, measured[1 + len(training_keys) :], strict=True
+            settings.translate_cases, measured[len(training_keys) :], strict=True
         )
     ]
     _progress("import time ...")
@@ -450,9 +476,17 @@ def run_one(spec: str, args: argparse.Namespace) -> dict:
     if kind == "matmul":
         return measure_matmul(settings, args.device)
     if kind == "train":
-        name, batch_size, forward = rest.split(":")
+        name, batch_size, forward, precision, cudnn = rest.split(":")
         case = next(case for case in settings.cases if case.name == name)
-        return measure_training(settings, case, int(batch_size), forward == "batched", args.device)
+        return measure_training(
+            settings,
+            case,
+            int(batch_size),
+            forward == "batched",
+            args.device,
+            precision,
+            cudnn == "on",
+        )
     if kind == "translate":
         size, tiling = rest.split(":")
         return measure_translation(settings, int(size), tiling, args.device)
@@ -466,15 +500,23 @@ def _find(rows: list[dict], **keys) -> dict:
     return next((row for row in rows if all(row.get(k) == v for k, v in keys.items())), {})
 
 
+def _fraction_of_matmul(row: dict, matmul: dict) -> float | None:
+    """A row's FLOP rate over the matmul rate in its precision (bf16 for mixed precision,
+    where measured; fp32 otherwise)."""
+    rate = matmul.get("gflops_per_second")
+    if row.get("precision") in ("bf16", "fp16"):
+        rate = matmul.get("bf16_gflops_per_second", rate)
+    if rate and "gflops_per_second" in row:
+        return row["gflops_per_second"] / rate
+    return None
+
+
 def check_targets(results: dict) -> list[dict]:
     """The targets of issue 6, each with the measured value and whether it is met."""
-    rate = results["matmul"].get("gflops_per_second")
     training, targets = results["training"], []
 
     def fraction(row: dict) -> float | None:
-        if rate and "gflops_per_second" in row:
-            return row["gflops_per_second"] / rate
-        return None
+        return _fraction_of_matmul(row, results["matmul"])
 
     def add(name: str, value: float | None, goal: float, unit: str, below: bool = False) -> None:
         met = None if value is None else (value < goal if below else value >= goal)
@@ -519,6 +561,7 @@ def format_report(results: dict) -> str:
     """The results as a plain-text table (Markdown-friendly)."""
     machine, matmul = results["machine"], results["matmul"]
     rate = matmul.get("gflops_per_second")
+    bf16 = matmul.get("bf16_gflops_per_second")
     lines = [
         f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['platform']}, "
         f"python {machine['python']}",
@@ -530,22 +573,26 @@ def format_report(results: dict) -> str:
         + ", ".join(f"{x:.2f}" for x in machine.get("load_average_end", ())),
         "",
         f"fp32 matmul {matmul.get('size', '?')}²: {_cell(rate, '.1f')} GFLOP/s"
+        + (f"; bf16: {bf16:.1f} GFLOP/s (the yardstick of bf16/fp16 rows)" if bf16 else "")
         + (f"  ({matmul['error']})" if "error" in matmul else ""),
         "",
-        "| training (Trainer steps) | batch | forward | steps/s | images/s | GFLOP/step "
-        "| GFLOP/s | of matmul | peak MiB | CPU share |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| training (Trainer steps) | batch | forward | precision | steps/s | images/s "
+        "| GFLOP/step | GFLOP/s | of matmul | peak MiB | CPU share |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["training"]:
-        share = row["gflops_per_second"] / rate if rate and "gflops_per_second" in row else None
+        share = _fraction_of_matmul(row, matmul)
         if "error" in row:
             lines.append(
                 f"| {row['config']} | {row['batch_size']} | {row['forward']} "
-                f"| n/a: {row['error']} | | | | | | |"
+                f"| | n/a: {row['error']} | | | | | | |"
             )
             continue
+        precision = row["precision"] + (
+            ", no cuDNN autotune" if row.get("cudnn_benchmark") is False else ""
+        )
         lines.append(
-            f"| {row['config']} | {row['batch_size']} | {row['forward']} "
+            f"| {row['config']} | {row['batch_size']} | {row['forward']} | {precision} "
             f"| {row['steps_per_second']:.3f} | {row['images_per_second']:.3f} "
             f"| {row['gflop_per_step']:.1f} | {row['gflops_per_second']:.1f} "
             f"| {_cell(share, '.0%')} | {row['peak_mib']:.0f} | {row['cpu_share']:.0%} |"
@@ -562,7 +609,7 @@ def format_report(results: dict) -> str:
                 f"| {row['size']}² | {row['tile_size']} | n/a: {row['error']} | | | | | | | | |"
             )
             continue
-        share = row["gflops_per_second"] / rate if rate else None
+        share = _fraction_of_matmul(row, matmul)
         lines.append(
             f"| {row['size']}² | {row['tile_size']} | {row['ngf']} | {row['steps']} "
             f"| {row['seconds']:.2f} "
@@ -609,6 +656,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     parser.add_argument("--no-widgets", action="store_true", help="skip the widget timings")
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="all measurements in one process: saves the start-up of each (~15 s on a GPU "
+        "machine); peak memory stays per measurement on CUDA only",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args(argv)
     if args.one:
