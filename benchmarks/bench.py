@@ -9,9 +9,10 @@ Measures, each in a fresh Python process (so peak memory belongs to one measurem
   backward), the achieved fraction of the matmul rate and peak memory, for
   resnet_9blocks ngf 64 crop 256, resnet_9blocks ngf 16 crop 64 and the small
   encoder-decoder crop 128, at batch 1 and 4, with ``batched_forward`` (the default) and,
-  at batch 1, without it (plain eager: one network call per image set); on CUDA also the
-  large configuration in fp32 and with cuDNN autotuning off, beside the defaults
-  (mixed precision, autotuning on);
+  at batch 1, without it (plain eager: one network call per image set) and, for the
+  small resnet in a full run, with ``compile=True`` (time to the first step reported);
+  on CUDA also the large configuration in fp32 and with cuDNN autotuning off, beside
+  the defaults (mixed precision, autotuning on);
 - translation (``translate``, resnet_9blocks ngf 64, RGB uint8) of 1024² and 4096² images:
   megapixels/s, achieved fraction of the matmul rate, peak memory;
 - ``import napari_cyclestyle`` time (fresh processes, best of several);
@@ -196,12 +197,17 @@ def measure_training(
     settings: Settings,
     case: TrainCase,
     batch_size: int,
-    batched: bool,
+    forward: str,
     device_name: str,
     precision: str = "auto",
     cudnn_benchmark: bool = True,
 ) -> dict:
-    """Speed, FLOPs and peak memory of training steps through :class:`Trainer`."""
+    """Speed, FLOPs and peak memory of training steps through :class:`Trainer`.
+
+    ``forward``: ``batched`` (the default step), ``eager`` (``batched_forward=False``) or
+    ``compiled`` (batched, with ``compile=True``; its FLOPs are not counted, since
+    compiled kernels bypass the counter: they are the batched step's).
+    """
     import torch
 
     from napari_cyclestyle import Config, ModelConfig, TrainConfig, Trainer
@@ -213,7 +219,8 @@ def measure_training(
             n_steps_decay=0,
             batch_size=batch_size,
             crop_size=case.crop_size,
-            batched_forward=batched,
+            batched_forward=forward != "eager",
+            compile=forward == "compiled",
             device=device_name,
             precision=precision,
             cudnn_benchmark=cudnn_benchmark,
@@ -228,8 +235,14 @@ def measure_training(
         run = trainer.run()
         # The FLOP-counted step is also the first warm-up (one-time set-up costs).
         start = time.perf_counter()
-        flops = _count_flops(lambda: next(run))
-        if settings.extra_warmup and time.perf_counter() - start < 5.0:
+        if forward == "compiled":
+            flops = None
+            next(run)
+        else:
+            flops = _count_flops(lambda: next(run))
+        _synchronize(trainer.device)
+        first_step = time.perf_counter() - start
+        if settings.extra_warmup and first_step < 5.0 or forward == "compiled":
             next(run)
         _synchronize(trainer.device)
         times: list[float] = []
@@ -250,15 +263,16 @@ def measure_training(
     return {
         "config": case.name,
         "batch_size": batch_size,
-        "forward": "batched" if batched else "eager",
+        "forward": forward,
         "precision": precision,
         "cudnn_benchmark": cudnn_benchmark if trainer.device.type == "cuda" else None,
         "timed_steps": len(times),
         "step_seconds": times,
         "steps_per_second": steps_per_second,
         "images_per_second": steps_per_second * batch_size,
-        "gflop_per_step": flops / 1e9,
-        "gflops_per_second": flops * steps_per_second / 1e9,
+        "first_step_seconds": first_step,
+        "gflop_per_step": None if flops is None else flops / 1e9,
+        "gflops_per_second": None if flops is None else flops * steps_per_second / 1e9,
         "peak_mib": peak,
         "cpu_share": cpu_seconds / seconds / torch.get_num_threads(),
     }
@@ -431,6 +445,8 @@ def run_all(args: argparse.Namespace) -> dict:
         for batch_size in BATCH_SIZES
         for batched in ((True, False) if batch_size == 1 else (True,))
     ]
+    if not args.quick:  # compiling takes minutes; where the step is small it pays most
+        training_keys.append((settings.cases[1].name, 1, "compiled", "auto", "on"))
     if results["matmul"].get("device", "").startswith("cuda"):
         # What the CUDA defaults (mixed precision, cuDNN autotuning) buy.
         training_keys += [
@@ -479,13 +495,7 @@ def run_one(spec: str, args: argparse.Namespace) -> dict:
         name, batch_size, forward, precision, cudnn = rest.split(":")
         case = next(case for case in settings.cases if case.name == name)
         return measure_training(
-            settings,
-            case,
-            int(batch_size),
-            forward == "batched",
-            args.device,
-            precision,
-            cudnn == "on",
+            settings, case, int(batch_size), forward, args.device, precision, cudnn == "on"
         )
     if kind == "translate":
         size, tiling = rest.split(":")
@@ -506,7 +516,7 @@ def _fraction_of_matmul(row: dict, matmul: dict) -> float | None:
     rate = matmul.get("gflops_per_second")
     if row.get("precision") in ("bf16", "fp16"):
         rate = matmul.get("bf16_gflops_per_second", rate)
-    if rate and "gflops_per_second" in row:
+    if rate and row.get("gflops_per_second") is not None:
         return row["gflops_per_second"] / rate
     return None
 
@@ -535,6 +545,11 @@ def check_targets(results: dict) -> list[dict]:
     if "steps_per_second" in batched and "steps_per_second" in eager:
         speedup = batched["steps_per_second"] / eager["steps_per_second"]
     add(f"{small} batch 1: speed-up over plain eager", speedup, 1.5, "x")
+    compiled = _find(training, config=small, batch_size=1, forward="compiled")
+    speedup = None
+    if "steps_per_second" in compiled and "steps_per_second" in eager:
+        speedup = compiled["steps_per_second"] / eager["steps_per_second"]
+    add(f"{small} batch 1, compile=True: speed-up over plain eager", speedup, 1.5, "x")
     add(
         f"{small} batch 4: fraction of matmul rate",
         fraction(_find(training, config=small, batch_size=4, forward="batched")),
@@ -594,7 +609,7 @@ def format_report(results: dict) -> str:
         lines.append(
             f"| {row['config']} | {row['batch_size']} | {row['forward']} | {precision} "
             f"| {row['steps_per_second']:.3f} | {row['images_per_second']:.3f} "
-            f"| {row['gflop_per_step']:.1f} | {row['gflops_per_second']:.1f} "
+            f"| {_cell(row['gflop_per_step'], '.1f')} | {_cell(row['gflops_per_second'], '.1f')} "
             f"| {_cell(share, '.0%')} | {row['peak_mib']:.0f} | {row['cpu_share']:.0%} |"
         )
     lines += [
