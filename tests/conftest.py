@@ -15,8 +15,7 @@ torch.set_num_threads(1)
 # A test parametrised over DEVICES also runs on a CUDA GPU where there is one (the
 # device checks of a GPU machine); elsewhere its CUDA case is skipped.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-CUDA = pytest.param("cuda", marks=needs_cuda)
-DEVICES = ["cpu", CUDA]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def tiny_config(**train_overrides) -> Config:
@@ -84,3 +83,14 @@ def make_napari_viewer(make_napari_viewer):
         return viewer
 
     return make
+
+
+@pytest.fixture
+def tf32_convolutions():
+    """cuDNN's float32 convolutions set to TF32 (its default) for the test; the user's
+    setting is put back afterwards."""
+    conv = torch.backends.cudnn.conv
+    users = conv.fp32_precision
+    conv.fp32_precision = "tf32"
+    yield conv
+    conv.fp32_precision = users

@@ -19,10 +19,10 @@ def test_unknown_and_missing_devices_name_the_fix():
     assert resolve_device(" CPU ") == torch.device("cpu")
 
 
-def test_ieee_float32_holds_while_any_thread_needs_it_then_restores_the_setting():
-    conv = torch.backends.cudnn.conv
-    users = conv.fp32_precision
-    conv.fp32_precision = "tf32"
+def test_ieee_float32_holds_while_any_thread_needs_it_then_restores_the_setting(
+    tf32_convolutions,
+):
+    conv = tf32_convolutions
     entered, leave = threading.Event(), threading.Event()
 
     def other_thread() -> None:
@@ -30,9 +30,9 @@ def test_ieee_float32_holds_while_any_thread_needs_it_then_restores_the_setting(
             entered.set()
             leave.wait(10)
 
+    worker = threading.Thread(target=other_thread)
+    worker.start()
     try:
-        worker = threading.Thread(target=other_thread)
-        worker.start()
         assert entered.wait(10)
         with ieee_float32():
             leave.set()  # the thread that entered first leaves first
@@ -41,4 +41,3 @@ def test_ieee_float32_holds_while_any_thread_needs_it_then_restores_the_setting(
         assert conv.fp32_precision == "tf32"
     finally:
         leave.set()
-        conv.fp32_precision = users

@@ -170,24 +170,32 @@ def test_identity_loss_is_off_when_channel_counts_differ(tmp_path, gray_domains)
     assert events[-1].preview["fake_B"].shape == (3, 32, 32)
 
 
+def _train_weights(
+    tmp_path, domains, name: str, steps: int = 2, **settings
+) -> dict[str, torch.Tensor]:
+    config = tiny_config(n_steps=steps, n_steps_decay=0, batch_size=2, **settings)
+    trainer = Trainer(*domains, config, output=tmp_path / f"{name}.safetensors")
+    list(trainer.run())
+    return _weights(trainer)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_batched_forward_gives_the_same_weights_as_one_call_per_image_set(tmp_path, device):
     rng = np.random.default_rng(3)
     domains = (rng.integers(0, 256, (40, 40), np.uint8), rng.integers(0, 256, (40, 40), np.uint8))
-    trained = {}
-    for batched in (False, True):
-        config = tiny_config(
-            n_steps=3,
-            n_steps_decay=0,
-            batch_size=2,
+    trained = {
+        batched: _train_weights(
+            tmp_path,
+            domains,
+            str(batched),
+            steps=3,
             batched_forward=batched,
             device=device,
             precision="fp32",
             deterministic=True,
         )
-        trainer = Trainer(*domains, config, output=tmp_path / f"{batched}.safetensors")
-        list(trainer.run())
-        trained[batched] = _weights(trainer)
+        for batched in (False, True)
+    }
     assert_trained_alike(trained[False], trained[True], 2e-4, steps=3)
 
 
@@ -286,15 +294,6 @@ def test_cudnn_autotuning_on_cuda_follows_its_switch(
     config = tiny_config(device="cuda", cudnn_benchmark=autotune)
     Trainer(*gray_domains, config, output=tmp_path / "m.safetensors")
     assert torch.backends.cudnn.benchmark is autotune
-
-
-def _train_weights(
-    tmp_path, domains, name: str, steps: int = 2, **settings
-) -> dict[str, torch.Tensor]:
-    config = tiny_config(n_steps=steps, n_steps_decay=0, batch_size=2, **settings)
-    trainer = Trainer(*domains, config, output=tmp_path / f"{name}.safetensors")
-    list(trainer.run())
-    return _weights(trainer)
 
 
 def test_networks_that_cannot_be_compiled_train_uncompiled(tmp_path, gray_domains, monkeypatch):

@@ -166,17 +166,13 @@ class PrecisionSpy(ChannelIdentity):
         return super().forward(x)
 
 
-def test_translation_convolves_in_ieee_float32_and_restores_the_users_setting():
+def test_translation_convolves_in_ieee_float32_and_restores_the_users_setting(
+    tf32_convolutions,
+):
     # cuDNN's default TF32 rounding would make tiles differ from the whole image.
-    conv = torch.backends.cudnn.conv
-    users = conv.fp32_precision
-    conv.fp32_precision = "tf32"
-    try:
-        spy = PrecisionSpy(1)
-        config = ModelConfig(generator="resnet_6blocks", channels_a=1, channels_b=1)
-        model = CycleStyleModel(config, spy, ChannelIdentity(1), None, None)
-        translate(np.zeros((2, 16, 16), np.float32), model, device="cpu", tile_size=None)
-        assert spy.seen == ["ieee", "ieee"]
-        assert conv.fp32_precision == "tf32"
-    finally:
-        conv.fp32_precision = users
+    spy = PrecisionSpy(1)
+    config = ModelConfig(generator="resnet_6blocks", channels_a=1, channels_b=1)
+    model = CycleStyleModel(config, spy, ChannelIdentity(1), None, None)
+    translate(np.zeros((2, 16, 16), np.float32), model, device="cpu", tile_size=None)
+    assert spy.seen == ["ieee", "ieee"]
+    assert tf32_convolutions.fp32_precision == "tf32"
