@@ -242,7 +242,7 @@ def measure_training(
             flops = _count_flops(lambda: next(run))
         _synchronize(trainer.device)
         first_step = time.perf_counter() - start
-        if settings.extra_warmup and first_step < 5.0 or forward == "compiled":
+        if forward == "compiled" or (settings.extra_warmup and first_step < 5.0):
             next(run)
         _synchronize(trainer.device)
         times: list[float] = []
@@ -435,7 +435,8 @@ def _progress(text: str) -> None:
 
 
 def run_all(args: argparse.Namespace) -> dict:
-    """Every measurement, each in its own process; the collected results."""
+    """Every measurement, each in its own process (or all in one with
+    ``--quick``/``--one-process``); the collected results."""
     settings = QUICK if args.quick else FULL
     results: dict = {"quick": args.quick, "machine": _machine()}
     results["matmul"] = _run_isolated(["matmul"], args)[0]
@@ -539,17 +540,21 @@ def check_targets(results: dict) -> list[dict]:
         0.8,
         "",
     )
-    batched = _find(training, config=small, batch_size=1, forward="batched")
     eager = _find(training, config=small, batch_size=1, forward="eager")
-    speedup = None
-    if "steps_per_second" in batched and "steps_per_second" in eager:
-        speedup = batched["steps_per_second"] / eager["steps_per_second"]
-    add(f"{small} batch 1: speed-up over plain eager", speedup, 1.5, "x")
-    compiled = _find(training, config=small, batch_size=1, forward="compiled")
-    speedup = None
-    if "steps_per_second" in compiled and "steps_per_second" in eager:
-        speedup = compiled["steps_per_second"] / eager["steps_per_second"]
-    add(f"{small} batch 1, compile=True: speed-up over plain eager", speedup, 1.5, "x")
+
+    def speedup(forward: str) -> float | None:
+        row = _find(training, config=small, batch_size=1, forward=forward)
+        if "steps_per_second" in row and "steps_per_second" in eager:
+            return row["steps_per_second"] / eager["steps_per_second"]
+        return None
+
+    add(f"{small} batch 1: speed-up over plain eager", speedup("batched"), 1.5, "x")
+    add(
+        f"{small} batch 1, compile=True: speed-up over plain eager",
+        speedup("compiled"),
+        1.5,
+        "x",
+    )
     add(
         f"{small} batch 4: fraction of matmul rate",
         fraction(_find(training, config=small, batch_size=4, forward="batched")),
