@@ -73,6 +73,7 @@ def trained(domains, tmp_path_factory) -> Path:
     argv = ["train", "--domain-a", str(domains[0]), "--domain-b", str(domains[1]), *TINY]
     argv += ["--config", str(config), "--decay-steps", "1", "--output", str(model)]
     argv += ["--precision", "fp32", "--no-cudnn-benchmark", "--no-compile"]
+    argv += ["--channels-last"]
     argv += ["--save-config", str(root / "effective.json")]
     argv += ["--preview-dir", str(root / "previews"), "--preview-every", "2"]
     assert main(argv) == EXIT_OK
@@ -103,6 +104,7 @@ def test_train_merges_config_file_and_flags_and_saves_a_loadable_model(trained):
     assert effective["train"]["precision"] == "fp32"
     assert effective["train"]["cudnn_benchmark"] is False
     assert effective["train"]["compile"] is False
+    assert effective["train"]["channels_last"] is True
     model = load_model(trained)
     assert model.info["steps"] == 3
     assert (trained.parent / "model.checkpoint.pt").is_file()

@@ -101,10 +101,15 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("device", "precision"),
-    [("cpu", "auto"), *(pytest.param("cuda", p, marks=needs_cuda) for p in PRECISIONS)],
+    ("device", "precision", "channels_last"),
+    [
+        ("cpu", "auto", False),
+        ("cpu", "auto", True),  # the optimiser's state resumes in the weights' layout
+        *(pytest.param("cuda", p, False, marks=needs_cuda) for p in PRECISIONS),
+        pytest.param("cuda", "auto", True, marks=needs_cuda),
+    ],
 )
-def test_resume_continues_exactly(tmp_path, gray_domains, device, precision):
+def test_resume_continues_exactly(tmp_path, gray_domains, device, precision, channels_last):
     config = tiny_config(
         n_steps=3,
         n_steps_decay=3,
@@ -112,6 +117,7 @@ def test_resume_continues_exactly(tmp_path, gray_domains, device, precision):
         pool_size=2,
         device=device,
         precision=precision,  # on CUDA, fp16 resumes its loss scale too
+        channels_last=channels_last,
     )
     config.model.dropout = True  # dropout draws from torch's RNG: its state must resume too
     straight = Trainer(*gray_domains, config, output=tmp_path / "straight.safetensors")
@@ -197,6 +203,21 @@ def test_batched_forward_gives_the_same_weights_as_one_call_per_image_set(tmp_pa
         for batched in (False, True)
     }
     assert_trained_alike(trained[False], trained[True], 2e-4, steps=3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_gives_the_same_weights_and_a_usable_model(tmp_path, device):
+    rng = np.random.default_rng(4)
+    domains = (rng.integers(0, 256, (40, 40), np.uint8), rng.integers(0, 256, (40, 40), np.uint8))
+    # On CUDA, cuDNN picks other algorithms for NHWC, and from the second step on Adam
+    # amplifies their rounding (see test_a_compiled_step_gives_the_same_weights).
+    steps = 3 if device == "cpu" else 1
+    settings = {"steps": steps, "device": device, "precision": "fp32", "deterministic": True}
+    plain = _train_weights(tmp_path, domains, "plain", **settings)
+    nhwc = _train_weights(tmp_path, domains, "nhwc", channels_last=True, **settings)
+    assert_trained_alike(plain, nhwc, 2e-4, steps=steps)
+    translated = translate(domains[0], load_model(tmp_path / "nhwc.safetensors"), device="cpu")
+    assert translated.shape == domains[0].shape
 
 
 def test_out_of_memory_becomes_advice_and_keeps_the_steps_done(tmp_path, gray_domains):

@@ -303,6 +303,14 @@ _TRAIN_FLAGS = {
             "or more of compiling)",
         },
     ),
+    "--channels-last": (
+        "channels_last",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "channels-last (NHWC) weights and batches: for tensor cores; slower on "
+            "the CPU",
+        },
+    ),
     "--cudnn-benchmark": (
         "cudnn_benchmark",
         {

@@ -146,6 +146,9 @@ class TrainConfig:
         Compile the networks with ``torch.compile``: faster steps once compiled, after a
         minute or more of compiling before the first step (and again for a new batch
         shape). A network that cannot be compiled trains uncompiled, with a warning.
+    channels_last : bool
+        Keep the networks' weights and the training batches in channels-last memory
+        order (NHWC). Tensor cores' convolutions prefer it; on the CPU it is slower.
     """
 
     n_steps: int = 100
@@ -171,11 +174,13 @@ class TrainConfig:
     precision: str = "auto"
     cudnn_benchmark: bool = True
     compile: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GAN_MODES)
         _check_choice("precision", self.precision, PRECISIONS)
-        for name in ("flip", "deterministic", "batched_forward", "cudnn_benchmark", "compile"):
+        switches = ("flip", "deterministic", "batched_forward")
+        for name in (*switches, "cudnn_benchmark", "compile", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         _check_choice("device", self.device, DEVICES)

@@ -257,6 +257,8 @@ class Trainer:
         for network in self.networks.named().values():
             init_weights(network)
             network.to(self.device).train()
+            if train.channels_last:
+                network.to(memory_format=torch.channels_last)
         if checkpoint is not None:
             for name, network in self.networks.named().items():
                 network.load_state_dict(checkpoint["networks"][name])
@@ -346,7 +348,10 @@ class Trainer:
                 domain.sample(stream, 1, train.crop_size, train.flip)
                 for stream in self.data_streams.values()
             ]
-            batches.append(torch.from_numpy(np.concatenate(patches)).to(self.device))
+            batch = torch.from_numpy(np.concatenate(patches)).to(self.device)
+            if train.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            batches.append(batch)
         return batches[0], batches[1]
 
     def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
