@@ -201,6 +201,7 @@ def measure_training(
     device_name: str,
     precision: str = "auto",
     cudnn_benchmark: bool = True,
+    channels_last: bool = False,
 ) -> dict:
     """Speed, FLOPs and peak memory of training steps through :class:`Trainer`.
 
@@ -224,6 +225,7 @@ def measure_training(
             device=device_name,
             precision=precision,
             cudnn_benchmark=cudnn_benchmark,
+            channels_last=channels_last,
             checkpoint_every=0,
             preview_every=0,
         ),
@@ -266,6 +268,7 @@ def measure_training(
         "forward": forward,
         "precision": precision,
         "cudnn_benchmark": cudnn_benchmark if trainer.device.type == "cuda" else None,
+        "channels_last": channels_last,
         "timed_steps": len(times),
         "step_seconds": times,
         "steps_per_second": steps_per_second,
@@ -441,26 +444,31 @@ def run_all(args: argparse.Namespace) -> dict:
     results: dict = {"quick": args.quick, "machine": _machine()}
     results["matmul"] = _run_isolated(["matmul"], args)[0]
     training_keys = [
-        (case.name, batch_size, "batched" if batched else "eager", "auto", "on")
+        (case.name, batch_size, "batched" if batched else "eager", "auto", "on", "nchw")
         for case in settings.cases
         for batch_size in BATCH_SIZES
         for batched in ((True, False) if batch_size == 1 else (True,))
     ]
     if not args.quick:  # compiling takes minutes; where the step is small it pays most
-        training_keys.append((settings.cases[1].name, 1, "compiled", "auto", "on"))
+        training_keys.append((settings.cases[1].name, 1, "compiled", "auto", "on", "nchw"))
     if results["matmul"].get("device", "").startswith("cuda"):
-        # What the CUDA defaults (mixed precision, cuDNN autotuning) buy.
+        # What the CUDA defaults (mixed precision, cuDNN autotuning) buy, and what
+        # channels-last order would.
         training_keys += [
-            (settings.cases[0].name, batch_size, "batched", precision, cudnn)
+            (settings.cases[0].name, batch_size, "batched", precision, cudnn, layout)
             for batch_size in BATCH_SIZES
-            for precision, cudnn in (("fp32", "on"), ("auto", "off"))
+            for precision, cudnn, layout in (
+                ("fp32", "on", "nchw"),
+                ("auto", "off", "nchw"),
+                ("auto", "on", "nhwc"),
+            )
         ]
     specs = ["train:" + ":".join(map(str, key)) for key in training_keys]
     specs += [f"translate:{size}:{tiling}" for size, tiling in settings.translate_cases]
     measured = _run_isolated(specs, args)
     results["training"] = [
         {"config": name, "batch_size": batch_size, "forward": forward} | result
-        for (name, batch_size, forward, _, _), result in zip(
+        for (name, batch_size, forward, *_), result in zip(
             training_keys, measured[: len(training_keys)], strict=True
         )
     ]
@@ -493,10 +501,18 @@ def run_one(spec: str, args: argparse.Namespace) -> dict:
     if kind == "matmul":
         return measure_matmul(settings, args.device)
     if kind == "train":
-        name, batch_size, forward, precision, cudnn = rest.split(":")
+        # name:batch:forward:precision:on|off (cuDNN autotune):nchw|nhwc (channels last)
+        name, batch_size, forward, precision, cudnn, layout = rest.split(":")
         case = next(case for case in settings.cases if case.name == name)
         return measure_training(
-            settings, case, int(batch_size), forward, args.device, precision, cudnn == "on"
+            settings,
+            case,
+            int(batch_size),
+            forward,
+            args.device,
+            precision,
+            cudnn == "on",
+            layout == "nhwc",
         )
     if kind == "translate":
         size, tiling = rest.split(":")
@@ -611,6 +627,9 @@ def format_report(results: dict) -> str:
         precision = row["precision"] + (
             ", no cuDNN autotune" if row.get("cudnn_benchmark") is False else ""
         )
+        if row.get("channels_last"):
+            precision += ", channels last"
+
         lines.append(
             f"| {row['config']} | {row['batch_size']} | {row['forward']} | {precision} "
             f"| {row['steps_per_second']:.3f} | {row['images_per_second']:.3f} "
