@@ -238,10 +238,19 @@ class FrozenNorm(nn.Module):
         self.eps = eps
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("var", torch.as_tensor(var, dtype=torch.float32))
+        # The same transform as x · scale + shift, for normalising into a given tensor.
+        scale = (self.var + eps).rsqrt()
+        self.register_buffer("scale", scale.view(1, -1, 1, 1))
+        self.register_buffer("shift", (-self.mean * scale).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         """Return ``(x - mean) / sqrt(var + eps)``."""
         return functional.batch_norm(x, self.mean, self.var, training=False, eps=self.eps)
+
+    def normalize_into(self, x: Tensor, out: Tensor) -> None:
+        """Write the normalised ``x`` into ``out`` (a view of the same shape): one pass,
+        where copying and then normalising would take two."""
+        torch.addcmul(self.shift, x, self.scale, out=out)
 
 
 def with_frozen_norms(network: nn.Module, statistics: dict[nn.Module, FrozenNorm]) -> nn.Module:
@@ -267,6 +276,8 @@ class _Node:
     inputs: tuple[_Node, ...] = ()  # the nodes a read reads
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+        """The region: a new tensor, or a view of one (never of stored data), so that
+        callers may change it in place."""
         raise NotImplementedError
 
     def first_row_read(self, y: int) -> int:
@@ -333,15 +344,15 @@ class _Store:
     """An ``(N, C, H, W)`` float32 activation, written once on a grid of ``tile`` ×
     ``tile`` cells and then read in any regions.
 
-    It is one array in RAM when it fits the scratch budget whole; else each cell stays
-    in RAM while the budget allows and goes to a ``.npy`` file in a scratch folder when
-    it does not: written whole (no page-by-page updates of a big file), read through
-    memory maps, and never written by two processes at once, so cluster workers can
-    share the folder (with a shared scratch, every cell is a file). In one process the
-    files are written by the scratch's writer thread, so that the disk works while the
-    next tile computes; :meth:`finish` waits for them. :meth:`release_rows_above` frees
-    cells that no later read needs, so RAM and page cache hold little beyond the data
-    still to be read.
+    When it fits the scratch budget whole, it keeps the written cells themselves (no
+    copy); else each cell is copied into a buffer of the scratch's pool while the budget
+    allows, and goes to a ``.npy`` file in a scratch folder when it does not: written
+    whole (no page-by-page updates of a big file), read through memory maps, and never
+    written by two processes at once, so cluster workers can share the folder (with a
+    shared scratch, every cell is a file). In one process the files are written by the
+    scratch's writer thread, so that the disk works while the next tile computes;
+    :meth:`finish` waits for them. :meth:`release_rows_above` frees cells that no later
+    read needs, so RAM and page cache hold little beyond the data still to be read.
     """
 
     def __init__(self, shape: tuple[int, int, int, int], scratch: _Scratch, tile: int) -> None:
@@ -350,21 +361,24 @@ class _Store:
         # Cluster workers get a copy of the store: they need only the folder.
         self._scratch = None if scratch.shared else scratch
         self._writer = None if scratch.shared else scratch.writer
-        self._array: Tensor | None = None
-        # A cell is a file's path or, in RAM, a buffer from the scratch's pool.
+        # Whether the whole store fits the budget: then a cell is the written tensor.
+        self._whole = False
+        # Else a cell is a file's path or, in RAM, a flat buffer from the scratch's pool.
         self._cells: dict[tuple[int, int], Tensor | str] = {}
         self._folder: str | None = None
         self._pending: list[Future] = []
         self._freed_rows = 0
-        # Bytes of the budget the whole array holds; shared with the finaliser.
+        # Bytes of the budget the whole store holds; shared with the finaliser.
         self._reserved = [0]
-        weakref.finalize(self, _free_store, scratch, self._cells, self._reserved)
         nbytes = int(np.prod(shape)) * 4
         if scratch.shared:
             self._make_folder(scratch)
         elif scratch.reserve(nbytes):
-            self._array = torch.empty(shape)
+            self._whole = True
             self._reserved[0] = nbytes
+        # The finaliser gives the pool's buffers back (a whole store has none).
+        pooled = {} if self._whole else self._cells
+        weakref.finalize(self, _free_store, scratch, pooled, self._reserved)
 
     def _make_folder(self, scratch: _Scratch) -> None:
         self._folder = scratch.new_path()
@@ -379,10 +393,8 @@ class _Store:
             return self._path(row, column)
         return self._cells[row, column]
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
-        """The region, a view when in RAM as one array (callers must not modify it)."""
-        if self._array is not None:
-            return self._array[:, :, y0:y1, x0:x1]
+    def read(self, y0: int, y1: int, x0: int, x1: int, norm: FrozenNorm | None = None) -> Tensor:
+        """The region (a new tensor), normalised by ``norm`` on the way if given."""
         tile = self.tile
         region = torch.empty((*self.shape[:2], y1 - y0, x1 - x0))
         for row in range(y0 // tile, (y1 - 1) // tile + 1):
@@ -390,22 +402,27 @@ class _Store:
                 cell = self._cell(row, column)
                 top, left = row * tile, column * tile
                 if isinstance(cell, str):
-                    cell = np.load(cell, mmap_mode="r")
-                else:
-                    cell = self._buffer_view(cell, top, left).numpy()
+                    # "c": a private map, which torch accepts (it is only read).
+                    cell = torch.from_numpy(np.load(cell, mmap_mode="c"))
+                elif not self._whole:
+                    cell = self._buffer_view(cell, top, left)
                 r0, r1 = max(y0, top), min(y1, top + tile)
                 c0, c1 = max(x0, left), min(x1, left + tile)
                 part = cell[:, :, r0 - top : r1 - top, c0 - left : c1 - left]
-                region.numpy()[:, :, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] = part
+                target = region[:, :, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
+                if norm is None:
+                    target.copy_(part)
+                else:
+                    norm.normalize_into(part, target)
         return region
 
     def write(self, y0: int, y1: int, x0: int, x1: int, values: Tensor) -> None:
         """Write one cell of the grid (``y0``, ``x0`` multiples of ``tile``); ``values``
         must not change afterwards."""
-        if self._array is not None:
-            self._array[:, :, y0:y1, x0:x1] = values
-            return
         row, column = y0 // self.tile, x0 // self.tile
+        if self._whole:
+            self._cells[row, column] = values
+            return
         buffer = None if self._shared else self._scratch.take(values.numel())
         if buffer is not None:
             self._cells[row, column] = buffer
@@ -435,12 +452,6 @@ class _Store:
     def release_rows_above(self, y: int) -> None:
         """Free every cell that lies wholly above row ``y`` (all of them for a ``y`` at or
         beyond the bottom); reading there afterwards is an error."""
-        if self._array is not None:
-            if y >= self.shape[2]:
-                self._array = None
-                self._scratch.release(self._reserved[0])
-                self._reserved[0] = 0
-            return
         total_rows = -(-self.shape[2] // self.tile)
         rows = total_rows if y >= self.shape[2] else y // self.tile
         columns = -(-self.shape[3] // self.tile)
@@ -454,9 +465,12 @@ class _Store:
                 if isinstance(cell, str):
                     with contextlib.suppress(FileNotFoundError):  # a cell never written
                         os.remove(cell)
-                elif cell is not None:
+                elif cell is not None and not self._whole:
                     self._scratch.give_back(cell)
         self._freed_rows = max(self._freed_rows, rows)
+        if rows == total_rows and self._reserved[0]:
+            self._scratch.release(self._reserved[0])
+            self._reserved[0] = 0
 
 
 def _free_store(scratch: _Scratch, cells: dict, reserved: list[int]) -> None:
@@ -564,8 +578,11 @@ class _Stored(_Node):
         self.shape, self.serial = shape, serial
         self.store, self._device = store, device
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
-        return self.store.read(y0, y1, x0, x1).to(self._device)
+    def read(self, y0: int, y1: int, x0: int, x1: int, norm: FrozenNorm | None = None) -> Tensor:
+        """The region, normalised by ``norm`` if given (on the CPU, while it is read)."""
+        if norm is not None and self._device.type != "cpu":
+            return norm(self.store.read(y0, y1, x0, x1).to(self._device))
+        return self.store.read(y0, y1, x0, x1, norm).to(self._device)
 
     def stored_leaves(self) -> list[_Stored]:
         return [self]
@@ -578,14 +595,13 @@ class _Pointwise(_Node):
         self.inputs = (source,)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
-        x = self.source.read(y0, y1, x0, x1)
-        fresh = False  # x may be a view of stored data until an op makes a new tensor
-        for op in self.ops:
-            if fresh and type(op) is nn.ReLU:
-                x = x.relu_()
-            else:  # Identity and Dropout in eval mode give x itself back
-                result = op(x)
-                x, fresh = result, fresh or result is not x
+        ops = self.ops
+        if isinstance(self.source, _Stored) and isinstance(ops[0], FrozenNorm):
+            x, ops = self.source.read(y0, y1, x0, x1, ops[0]), ops[1:]
+        else:
+            x = self.source.read(y0, y1, x0, x1)
+        for op in ops:
+            x = x.relu_() if type(op) is nn.ReLU else op(x)
         return x
 
 
