@@ -629,7 +629,6 @@ def format_report(results: dict) -> str:
         )
         if row.get("channels_last"):
             precision += ", channels last"
-
         lines.append(
             f"| {row['config']} | {row['batch_size']} | {row['forward']} | {precision} "
             f"| {row['steps_per_second']:.3f} | {row['images_per_second']:.3f} "
