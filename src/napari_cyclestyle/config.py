@@ -179,8 +179,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GAN_MODES)
         _check_choice("precision", self.precision, PRECISIONS)
-        switches = ("flip", "deterministic", "batched_forward")
-        for name in (*switches, "cudnn_benchmark", "compile", "channels_last"):
+        for name in (
+            "flip",
+            "deterministic",
+            "batched_forward",
+            "cudnn_benchmark",
+            "compile",
+            "channels_last",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         _check_choice("device", self.device, DEVICES)
