@@ -198,6 +198,27 @@ def test_translate_zarr_writes_a_zarr_tile_by_tile_like_the_python_call(trained,
     assert main(["translate", str(trained), str(tmp_path / "stack.zarr")]) == EXIT_ERROR
 
 
+def test_translate_memory_budget_replaces_the_automatic_one(trained, tmp_path, monkeypatch):
+    from napari_cyclestyle import tiling
+
+    def automatic(device):
+        raise AssertionError("the automatic memory budget was used")
+
+    monkeypatch.setattr(tiling, "memory_budget", automatic)
+    source = tmp_path / "gray.png"
+    iio.imwrite(source, np.full((36, 44), 200, np.uint8))
+    argv = ["translate", str(trained), str(source), "--memory-budget", "0.5"]
+    assert main(argv) == EXIT_OK
+    assert iio.imread(tmp_path / "gray_AtoB.png").shape == (36, 44)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "inf"])
+def test_translate_memory_budget_must_be_a_positive_number(trained, tmp_path, value, capsys):
+    argv = ["translate", str(trained), str(tmp_path), "--memory-budget", value]
+    assert main(argv) == EXIT_USAGE
+    assert "expected a positive number of GiB" in capsys.readouterr().err
+
+
 def test_dask_scheduler_needs_zarr_inputs(trained, domains, capsys):
     argv = ["translate", str(trained), str(domains[0]), "--dask-scheduler", "tcp://x:8786"]
     assert main(argv) == EXIT_USAGE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import shlex
 import shutil
@@ -644,6 +645,14 @@ def _add_translate_parser(subparsers) -> None:
         "sample of tiles (estimate) or each tile's own (tile) (default: %(default)s)",
     )
     parser.add_argument(
+        "--memory-budget",
+        type=_gibibytes,
+        metavar="GIB",
+        help="memory the translation may use for activations, in GiB; more keeps more of "
+        "a large plane's stored activations in RAM, which is faster (default: a quarter "
+        "of the available RAM, at most 1 GiB; on CUDA, half the free GPU memory)",
+    )
+    parser.add_argument(
         "--scratch",
         metavar="DIR",
         help="folder for activations that do not fit in memory (default: the system's "
@@ -669,6 +678,16 @@ def _tile_size(text: str) -> int | str | None:
         raise argparse.ArgumentTypeError(
             f"expected a number of pixels, 'auto' or 'none', got {text!r}"
         ) from None
+
+
+def _gibibytes(text: str) -> int:
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = 0.0
+    if not 0 < gib < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB, got {text!r}")
+    return max(int(gib * 2**30), 1)
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -744,6 +763,7 @@ def _run_translate(args: argparse.Namespace) -> int:
         "tile_size": args.tile_size,
         "overlap": args.overlap,
         "statistics": args.statistics,
+        "memory_budget": args.memory_budget,
         "scratch": args.scratch,
     }
     with _dask_client(args.dask_scheduler):
