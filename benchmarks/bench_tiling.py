@@ -3,6 +3,8 @@
 Each measurement runs in a fresh Python process, so peak resident memory (``ru_maxrss``)
 belongs to that measurement alone. Reported memory is the peak minus the resident size
 just before translating (imports, model, input and output arrays already allocated).
+"Disk writes" are the MiB the kernel wrote to disk meanwhile (``nr_written``, all
+processes): scratch files that reach the disk make the time depend on the disk.
 
 Measurements
 ------------
@@ -48,6 +50,19 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _disk_written_mib() -> float:
+    """MiB the kernel has written to disk since boot, all processes (Linux; else NaN).
+
+    Scratch files that outlive the kernel's writeback threshold go to disk, and then the
+    disk's speed counts (benchmarks/README.md, "Part of the scratch reaches the disk")."""
+    try:
+        with open("/proc/vmstat") as f:
+            pages = next(int(line.split()[1]) for line in f if line.startswith("nr_written "))
+    except (OSError, StopIteration):
+        return float("nan")
+    return pages * resource.getpagesize() / 2**20
+
+
 def _measure(mode: str, size: int, ngf: int, tile: int, budget: int) -> dict:
     import torch
 
@@ -68,6 +83,7 @@ def _measure(mode: str, size: int, ngf: int, tile: int, budget: int) -> dict:
     image = rng.integers(0, 65535, (size, size), dtype=np.uint16)
     output = np.zeros_like(image)
     baseline = _rss_mib()
+    written = _disk_written_mib()
     start, cpu_start = time.perf_counter(), time.process_time()
     if mode == "tiles":
         network = generator_ab.eval()
@@ -92,6 +108,7 @@ def _measure(mode: str, size: int, ngf: int, tile: int, budget: int) -> dict:
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,
         "peak_mib": _peak_mib() - baseline,
+        "disk_mib": _disk_written_mib() - written,
     }
 
 
@@ -175,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  {mode:9s} tile {result['tile']:5d} {result['seconds']:8.1f} s wall "
             f"{result['cpu_seconds']:8.1f} s CPU   peak {result['peak_mib']:7.0f} MiB "
-            "beyond input+output",
+            f"beyond input+output   disk writes {result['disk_mib']:6.0f} MiB",
             flush=True,
         )
     if "tiles" in results:
