@@ -3,8 +3,9 @@
 Each measurement runs in a fresh Python process, so peak resident memory (``ru_maxrss``)
 belongs to that measurement alone. Reported memory is the peak minus the resident size
 just before translating (imports, model, input and output arrays already allocated).
-"Disk writes" are the MiB the kernel wrote to disk meanwhile (``nr_written``, all
-processes): scratch files that reach the disk make the time depend on the disk.
+"Disk writes" are the MiB sent to block devices meanwhile (``pgpgout``, all processes):
+the scratch files of spilled activations, written with direct I/O, and anything else the
+kernel writes back.
 
 Measurements
 ------------
@@ -51,16 +52,14 @@ def _peak_mib() -> float:
 
 
 def _disk_written_mib() -> float:
-    """MiB the kernel has written to disk since boot, all processes (Linux; else NaN).
-
-    Scratch files that outlive the kernel's writeback threshold go to disk, and then the
-    disk's speed counts (benchmarks/README.md, "Part of the scratch reaches the disk")."""
+    """MiB written to block devices since boot, all processes (Linux; else NaN): direct
+    I/O and page cache writeback alike (``nr_written`` counts only the latter)."""
     try:
         with open("/proc/vmstat") as f:
-            pages = next(int(line.split()[1]) for line in f if line.startswith("nr_written "))
+            kib = next(int(line.split()[1]) for line in f if line.startswith("pgpgout "))
     except (OSError, StopIteration):
         return float("nan")
-    return pages * resource.getpagesize() / 2**20
+    return kib / 1024
 
 
 def _measure(mode: str, size: int, ngf: int, tile: int, budget: int) -> dict:

@@ -183,10 +183,10 @@ def test_activations_spill_to_scratch_and_are_removed(tmp_path: Path):
     for step in translate_steps(
         image, model, device="cpu", tile_size=64, memory_budget=2**16, scratch=tmp_path
     ):
-        seen.update(p.name for p in tmp_path.rglob("*.npy"))
+        seen.update(p.name for p in tmp_path.rglob("*.cell"))
         result = step.result
     assert seen  # activations went to disk
-    assert not list(tmp_path.rglob("*.npy"))  # and are gone afterwards
+    assert not list(tmp_path.rglob("*.cell"))  # and are gone afterwards
     assert max_error(result, whole) <= 1e-3
 
 
@@ -205,7 +205,7 @@ def test_activations_split_between_ram_and_scratch_stay_exact(generator, shape, 
     for step in translate_steps(
         image, model, device="cpu", tile_size=64, memory_budget=2**20, scratch=tmp_path
     ):
-        seen = seen or bool(list(tmp_path.rglob("*.npy")))
+        seen = seen or bool(list(tmp_path.rglob("*.cell")))
         result = step.result
     assert seen
     assert max_error(result, whole) <= 1e-3
@@ -221,7 +221,7 @@ def test_scratch_holds_little_beyond_the_data_still_to_be_read(tmp_path: Path):
     for _ in translate_steps(
         image, model, device="cpu", tile_size=64, memory_budget=2**16, scratch=tmp_path
     ):
-        peak = max(peak, sum(p.stat().st_size for p in tmp_path.rglob("*.npy")))
+        peak = max(peak, sum(p.stat().st_size for p in tmp_path.rglob("*.cell")))
     assert largest <= peak <= 1.3 * largest
 
 
@@ -234,9 +234,9 @@ def test_cancelling_removes_scratch_files(tmp_path: Path):
     for step in steps:
         if step.done == step.total // 2:
             break
-    assert list(tmp_path.rglob("*.npy"))
+    assert list(tmp_path.rglob("*.cell"))
     steps.close()
-    assert not list(tmp_path.rglob("*.npy"))
+    assert not list(tmp_path.rglob("*.cell"))
 
 
 @pytest.mark.parametrize(

@@ -35,14 +35,12 @@ import contextlib
 import copy
 import functools
 import math
-import mmap
 import os
 import shutil
 import tempfile
-import threading
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from fractions import Fraction
 
 import numpy as np
@@ -50,6 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from . import spill
 from .config import STATISTICS_MODES
 from .devices import exact_inference
 from .networks import (
@@ -249,8 +248,10 @@ class FrozenNorm(nn.Module):
 
     def normalize_into(self, x: Tensor, out: Tensor) -> None:
         """Write the normalised ``x`` into ``out`` (a view of the same shape): one pass,
-        where copying and then normalising would take two."""
-        torch.addcmul(self.shift, x, self.scale, out=out)
+        where copying and then normalising would take two. Channels are the second axis
+        of any number of axes."""
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        torch.addcmul(self.shift.view(shape), x, self.scale.view(shape), out=out)
 
 
 def with_frozen_norms(network: nn.Module, statistics: dict[nn.Module, FrozenNorm]) -> nn.Module:
@@ -288,6 +289,12 @@ class _Node:
     def stored_leaves(self) -> list[_Stored]:
         """The stored arrays a read of this node reads."""
         return [leaf for node in self.inputs for leaf in node.stored_leaves()]
+
+    def prefetch(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        """Start reading the stored data that reading the region will need (for nodes
+        that keep the geometry: the same region of every input)."""
+        for node in self.inputs:
+            node.prefetch(y0, y1, x0, x1)
 
 
 class _PlaneInput(_Node):
@@ -339,6 +346,10 @@ class _Crops(_Node):
             [self._source.read(cy + y0, cy + y1, cx + x0, cx + x1) for cy, cx in self._origins]
         )
 
+    def prefetch(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        for cy, cx in self._origins:
+            self._source.prefetch(cy + y0, cy + y1, cx + x0, cx + x1)
+
 
 class _Store:
     """An ``(N, C, H, W)`` float32 activation, written once on a grid of ``tile`` ×
@@ -346,21 +357,24 @@ class _Store:
 
     When it fits the scratch budget whole, it keeps the written cells themselves (no
     copy); else each cell is copied into a buffer of the scratch's pool while the budget
-    allows, and goes to a ``.npy`` file in a scratch folder when it does not: written
-    whole (no page-by-page updates of a big file), read through memory maps, and never
-    written by two processes at once, so cluster workers can share the folder (with a
-    shared scratch, every cell is a file). In one process the files are written by the
-    scratch's writer thread, so that the disk works while the next tile computes;
-    :meth:`finish` waits for them. :meth:`release_rows_above` frees cells that no later
-    read needs, so RAM and page cache hold little beyond the data still to be read.
+    allows (unless not ``pooled``), and goes to a file in a scratch folder when it does
+    not (see :mod:`.spill`): written whole, and never by two processes at once, so
+    cluster workers can share the folder (with a shared scratch, every cell is a file).
+    In one process the scratch's threads write the files while the next tile computes
+    (:meth:`finish` waits for them) and read ahead what the next tile needs
+    (:meth:`prefetch`).
+    :meth:`release_rows_above` frees cells that no later read needs, so RAM and disk
+    hold little beyond the data still to be read.
     """
 
-    def __init__(self, shape: tuple[int, int, int, int], scratch: _Scratch, tile: int) -> None:
-        self.shape, self.tile = shape, tile
+    def __init__(
+        self, shape: tuple[int, int, int, int], scratch: _Scratch, tile: int, pooled: bool = True
+    ) -> None:
+        self.shape, self.tile, self._pooled = shape, tile, pooled
         self._shared = scratch.shared
         # Cluster workers get a copy of the store: they need only the folder.
         self._scratch = None if scratch.shared else scratch
-        self._writer = None if scratch.shared else scratch.writer
+        self._spill = None if scratch.shared else scratch.spill
         # Whether the whole store fits the budget: then a cell is the written tensor.
         self._whole = False
         # Else a cell is a file's path or, in RAM, a flat buffer from the scratch's pool.
@@ -386,7 +400,7 @@ class _Store:
         weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
 
     def _path(self, row: int, column: int) -> str:
-        return os.path.join(self._folder, f"{row}_{column}.npy")
+        return os.path.join(self._folder, f"{row}_{column}.cell")
 
     def _cell(self, row: int, column: int) -> Tensor | str:
         if self._shared:  # written by other processes: the file is the record
@@ -395,26 +409,52 @@ class _Store:
 
     def read(self, y0: int, y1: int, x0: int, x1: int, norm: FrozenNorm | None = None) -> Tensor:
         """The region (a new tensor), normalised by ``norm`` on the way if given."""
-        tile = self.tile
         region = torch.empty((*self.shape[:2], y1 - y0, x1 - x0))
+        for row, column, (r0, r1, c0, c1) in self._cells_in(y0, y1, x0, x1):
+            cell = self._cell(row, column)
+            top, left = row * self.tile, column * self.tile
+            target = region[:, :, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
+            r0, r1, c0, c1 = r0 - top, r1 - top, c0 - left, c1 - left
+            if isinstance(cell, str):
+                layout = spill.CellLayout(self._cell_shape(top, left))
+                k0, k1 = layout.band_range(r0, r1)
+                if self._spill is None:
+                    bands = spill.load_bands(cell, layout, k0, k1)
+                else:
+                    bands = self._spill.bands(cell, layout, k0, k1)
+                parts = spill.band_parts(bands, k0, r0, r1, c0, c1, target)
+            else:
+                if not self._whole:
+                    cell = self._buffer_view(cell, top, left)
+                parts = [(cell[:, :, r0:r1, c0:c1], target)]
+            for part, into in parts:
+                if norm is None:
+                    into.copy_(part)
+                else:
+                    norm.normalize_into(part, into)
+        return region
+
+    def prefetch(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        """Start reading the parts of the region that lie in files (in one process)."""
+        if self._spill is None or self._whole:
+            return
+        for row, column, (r0, r1, _, _) in self._cells_in(y0, y1, x0, x1):
+            cell = self._cells.get((row, column))
+            if isinstance(cell, str):
+                top = row * self.tile
+                layout = spill.CellLayout(self._cell_shape(top, column * self.tile))
+                self._spill.prefetch(cell, layout, *layout.band_range(r0 - top, r1 - top))
+
+    def _cells_in(
+        self, y0: int, y1: int, x0: int, x1: int
+    ) -> Iterator[tuple[int, int, tuple[int, int, int, int]]]:
+        """Each cell the region touches: its row, column and the part of the region in it."""
+        tile = self.tile
         for row in range(y0 // tile, (y1 - 1) // tile + 1):
             for column in range(x0 // tile, (x1 - 1) // tile + 1):
-                cell = self._cell(row, column)
                 top, left = row * tile, column * tile
-                if isinstance(cell, str):
-                    # "c": a private map, which torch accepts (it is only read).
-                    cell = torch.from_numpy(np.load(cell, mmap_mode="c"))
-                elif not self._whole:
-                    cell = self._buffer_view(cell, top, left)
-                r0, r1 = max(y0, top), min(y1, top + tile)
-                c0, c1 = max(x0, left), min(x1, left + tile)
-                part = cell[:, :, r0 - top : r1 - top, c0 - left : c1 - left]
-                target = region[:, :, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
-                if norm is None:
-                    target.copy_(part)
-                else:
-                    norm.normalize_into(part, target)
-        return region
+                part = (max(y0, top), min(y1, top + tile), max(x0, left), min(x1, left + tile))
+                yield row, column, part
 
     def write(self, y0: int, y1: int, x0: int, x1: int, values: Tensor) -> None:
         """Write one cell of the grid (``y0``, ``x0`` multiples of ``tile``); ``values``
@@ -423,7 +463,7 @@ class _Store:
         if self._whole:
             self._cells[row, column] = values
             return
-        buffer = None if self._shared else self._scratch.take(values.numel())
+        buffer = self._scratch.take(values.numel()) if self._pooled and not self._shared else None
         if buffer is not None:
             self._cells[row, column] = buffer
             self._buffer_view(buffer, y0, x0).copy_(values)
@@ -431,19 +471,20 @@ class _Store:
         if self._folder is None:
             self._make_folder(self._scratch)
         path = self._cells[row, column] = self._path(row, column)
-        # Contiguous: numpy writes a strided array (a tile cut from a larger computed
-        # region) element by element, at a small fraction of the speed of one write.
-        array = values.contiguous().numpy()
-        if self._writer is None:
-            np.save(path, array)
+        if self._spill is None:
+            spill.save_cell(path, values)
         else:
-            self._pending.append(self._writer.save(path, array))
+            self._pending.append(self._spill.save(path, values))
+
+    def _cell_shape(self, top: int, left: int) -> tuple[int, int, int, int]:
+        """The shape of the cell at ``top``, ``left``."""
+        height = min(self.tile, self.shape[2] - top)
+        width = min(self.tile, self.shape[3] - left)
+        return (*self.shape[:2], height, width)
 
     def _buffer_view(self, buffer: Tensor, top: int, left: int) -> Tensor:
         """A cell's buffer as the ``(N, C, h, w)`` cell at ``top``, ``left``."""
-        height = min(self.tile, self.shape[2] - top)
-        width = min(self.tile, self.shape[3] - left)
-        shape = (*self.shape[:2], height, width)
+        shape = self._cell_shape(top, left)
         return buffer[: math.prod(shape)].view(shape)
 
     def finish(self) -> None:
@@ -466,6 +507,8 @@ class _Store:
                     else self._cells.pop((row, column), None)
                 )
                 if isinstance(cell, str):
+                    if self._spill is not None:
+                        self._spill.forget(cell)
                     with contextlib.suppress(FileNotFoundError):  # a cell never written
                         os.remove(cell)
                 elif cell is not None and not self._whole:
@@ -502,7 +545,7 @@ class _Scratch:
         self._directory: tempfile.TemporaryDirectory | None = None
         self._count = 0
         self._idle: list[Tensor] = []
-        self.writer = _FileWriter()
+        self.spill = spill.SpillFiles()
 
     def reserve(self, nbytes: int) -> bool:
         """Count ``nbytes`` against the budget (dropping idle buffers to make room)."""
@@ -526,7 +569,7 @@ class _Scratch:
         capacity = -(-numel // _BUFFER_GRANULE) * _BUFFER_GRANULE
         if not self.reserve(capacity * 4):
             return None
-        return torch.frombuffer(mmap.mmap(-1, capacity * 4), dtype=torch.float32)
+        return spill.aligned_buffer(capacity * 4).view(torch.float32)
 
     def give_back(self, buffer: Tensor) -> None:
         """Return a buffer from :meth:`take` for reuse (it stays counted in the budget)."""
@@ -541,31 +584,10 @@ class _Scratch:
         return os.path.join(self._directory.name, f"activation{self._count}")
 
     def close(self) -> None:
-        self.writer.close()
+        self.spill.close()
         self._idle.clear()
         if self._directory is not None:
             self._directory.cleanup()
-
-
-class _FileWriter:
-    """Saves arrays to ``.npy`` files in a background thread, at most ``queued`` at a
-    time (each holds its tile in memory until written)."""
-
-    def __init__(self, queued: int = 2) -> None:
-        self._executor: ThreadPoolExecutor | None = None
-        self._slots = threading.BoundedSemaphore(queued)
-
-    def save(self, path: str, array: np.ndarray) -> Future:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="cyclestyle-scratch")
-        self._slots.acquire()
-        future = self._executor.submit(np.save, path, array)
-        future.add_done_callback(lambda _: self._slots.release())
-        return future
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
 
 
 class _Stored(_Node):
@@ -586,6 +608,9 @@ class _Stored(_Node):
         if norm is not None and self._device.type != "cpu":
             return norm(self.store.read(y0, y1, x0, x1).to(self._device))
         return self.store.read(y0, y1, x0, x1, norm).to(self._device)
+
+    def prefetch(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        self.store.prefetch(y0, y1, x0, x1)
 
     def stored_leaves(self) -> list[_Stored]:
         return [self]
@@ -677,11 +702,16 @@ class _Segment(_Node):
     def read(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
         return self.read_with_source(y0, y1, x0, x1)[0]
 
+    def prefetch(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        self.source.prefetch(*self._source_box(y0, y1, x0, x1))
+
+    def _source_box(self, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int, int, int]:
+        _, _, height, width = self.source.shape
+        return (*self.source_region(y0, y1, height), *self.source_region(x0, x1, width))
+
     def read_with_source(self, y0: int, y1: int, x0: int, x1: int) -> tuple[Tensor, Tensor]:
         """The region, and the source values at the same place (for a scale of 1)."""
-        _, _, height, width = self.source.shape
-        sy0, sy1 = self.source_region(y0, y1, height)
-        sx0, sx1 = self.source_region(x0, x1, width)
+        sy0, sy1, sx0, sx1 = self._source_box(y0, y1, x0, x1)
         x = inputs = self.source.read(sy0, sy1, sx0, sx1)
         for module in self.modules:
             x = module(x)
@@ -734,8 +764,9 @@ class _Layerwise:
     Every method that may compute is a generator yielding once per tile; ``dry`` counts
     the tiles without computing anything. ``tasks`` runs the tiles of each pass (here,
     or spread over a cluster). ``reads`` maps each store's serial to the last pass that
-    read it; given the ``reads`` of a dry run as ``last_reads``, a run frees stored cells
-    as soon as their last pass has consumed them.
+    read it, ``first_reads_seen`` to the first; given those of a dry run as
+    ``last_reads`` and ``first_reads``, a run frees stored cells as soon as their last
+    pass has consumed them, and keeps the stores read by the next pass in RAM first.
     """
 
     def __init__(
@@ -749,11 +780,13 @@ class _Layerwise:
         dry: bool,
         boxes: list[tuple[int, int, int, int]] | None = None,
         last_reads: dict[int, int] | None = None,
+        first_reads: dict[int, int] | None = None,
     ) -> None:
         self.tile, self.reference_channels, self.full_size = tile, reference_channels, full_size
         self.device, self.scratch, self.tasks, self.dry = device, scratch, tasks, dry
-        self.boxes, self.last_reads = boxes, last_reads
+        self.boxes, self.last_reads, self.first_reads = boxes, last_reads, first_reads
         self.reads: dict[int, int] = {}
+        self.first_reads_seen: dict[int, int] = {}
         self._passes = self._stores = 0
         self.statistics: dict[nn.Module, FrozenNorm] = {}
         # Sources to store while a stretch reading them is materialised (node -> stored).
@@ -824,8 +857,11 @@ class _Layerwise:
         capture = source in self._capture and not node.source_is_stored and node.scale == 1
         task = store = source_store = None
         if not self.dry:
-            store = _Store(node.shape, self.scratch, tile)
-            source_store = _Store(source.shape, self.scratch, tile) if capture else None
+            # Serials as _stored gives them below.
+            store = self._new_store(node.shape, tile, self._stores + 1 + capture)
+            source_store = (
+                self._new_store(source.shape, tile, self._stores + 1) if capture else None
+            )
             boxes = self._level_boxes(height, width) if with_moments else None
             task = _StoreTask(node, store, source_store, with_moments, boxes)
         regions = [
@@ -844,6 +880,14 @@ class _Layerwise:
             self._capture[source] = self._stored(source_store, source.shape)
         return self._stored(store, node.shape), moments
 
+    def _new_store(self, shape: tuple[int, int, int, int], tile: int, serial: int) -> _Store:
+        """A store for the coming pass. If the pass after it does not read it (a residual
+        input, a U-Net skip), its cells leave the budget's RAM to the stores that are read
+        sooner, which then spill less: each GiB that goes to disk and back costs time."""
+        next_pass = self._passes + 2
+        read_soon = self.first_reads is None or self.first_reads.get(serial, 0) <= next_pass
+        return _Store(shape, self.scratch, tile, pooled=read_soon)
+
     def _stored(self, store: _Store | None, shape: tuple[int, int, int, int]) -> _Stored:
         self._stores += 1
         return _Stored(store, shape, self.device, self._stores)
@@ -858,9 +902,13 @@ class _Layerwise:
         leaves = node.stored_leaves()
         for leaf in leaves:
             self.reads[leaf.serial] = self._passes
+            self.first_reads_seen.setdefault(leaf.serial, self._passes)
         last = self.last_reads or {}
         consumed = [leaf.store for leaf in leaves if last.get(leaf.serial) == self._passes]
-        results = (None for _ in regions) if self.dry else self.tasks.map(task, regions)
+        if self.dry:
+            results = (None for _ in regions)
+        else:
+            results = self.tasks.map(task, regions, functools.partial(self._prefetch, task))
         for result, region, following in zip(results, regions, [*regions[1:], None], strict=True):
             yield result
             if consumed and following is not None and following[0] > region[0]:
@@ -869,6 +917,11 @@ class _Layerwise:
                     store.release_rows_above(row)
         for store in consumed:
             store.release_rows_above(store.shape[2])
+
+    def _prefetch(self, task: _StoreTask | _WriteTask, region: tuple[int, int, int, int]) -> None:
+        """Start reading the stored data the task needs for ``region`` (a new batch)."""
+        self.scratch.spill.new_batch()
+        task.prefetch(region)
 
     def _level_boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]] | None:
         if self.boxes is None:
@@ -883,16 +936,16 @@ class _Layerwise:
 def _planned(
     runner: Callable[..., _Layerwise], passes: Callable[[_Layerwise], Iterator[None]], dry: bool
 ) -> Iterator[None]:
-    """Run ``passes`` with a runner made by ``runner(dry, last_reads=...)``; unless
-    ``dry``, a dry run first learns the last pass that reads each stored array, so that
-    the real run frees stored cells as soon as they are consumed. Returns what
-    ``passes`` returns."""
-    last_reads = None
+    """Run ``passes`` with a runner made by ``runner(dry, last_reads=..., first_reads=...)``;
+    unless ``dry``, a dry run first learns the first and last pass that read each stored
+    array, so that the real run frees stored cells as soon as they are consumed. Returns
+    what ``passes`` returns."""
+    last_reads = first_reads = None
     if not dry:
         planner = runner(True)
         collections.deque(passes(planner), maxlen=0)
-        last_reads = planner.reads
-    return (yield from passes(runner(dry, last_reads=last_reads)))
+        last_reads, first_reads = planner.reads, planner.first_reads_seen
+    return (yield from passes(runner(dry, last_reads=last_reads, first_reads=first_reads)))
 
 
 def _then(node: _Node, module: nn.Module) -> _Node:
@@ -910,6 +963,9 @@ class _StoreTask:
     def __init__(self, node: _Segment, store, source_store, with_moments: bool, boxes) -> None:
         self.node, self.store, self.source_store = node, store, source_store
         self.with_moments, self.boxes = with_moments, boxes
+
+    def prefetch(self, region: tuple[int, int, int, int]) -> None:
+        self.node.prefetch(*region)
 
     @exact_inference
     def __call__(self, region: tuple[int, int, int, int]) -> list:
@@ -1171,10 +1227,17 @@ class _WriteTask:
     def __init__(self, result: _Node, offset: tuple[int, int], write: RegionWriter) -> None:
         self.result, self.offset, self.write = result, offset, write
 
+    def _node_region(self, region: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        (y0, y1, x0, x1), (top, left) = region, self.offset
+        return top + y0, top + y1, left + x0, left + x1
+
+    def prefetch(self, region: tuple[int, int, int, int]) -> None:
+        self.result.prefetch(*self._node_region(region))
+
     @exact_inference
     def __call__(self, region: tuple[int, int, int, int]) -> None:
-        (y0, y1, x0, x1), (top, left) = region, self.offset
-        values = self.result.read(top + y0, top + y1, left + x0, left + x1)
+        y0, y1, x0, x1 = region
+        values = self.result.read(*self._node_region(region))
         self.write(y0, y1, x0, x1, values[0].float().cpu().numpy())
 
 
@@ -1195,9 +1258,12 @@ class _ForwardTask:
 class LocalTasks:
     """Runs the tiles of a pass one after another, in this process."""
 
-    def map(self, task: Callable, items: list) -> Iterator:
-        """``task(item)`` for each item, in order, each computed when it is taken."""
-        for item in items:
+    def map(self, task: Callable, items: list, prefetch: Callable | None = None) -> Iterator:
+        """``task(item)`` for each item, in order, each computed when it is taken; before
+        each, ``prefetch(next item)`` if given, so that its data loads meanwhile."""
+        for item, following in zip(items, [*items[1:], None], strict=True):
+            if prefetch is not None and following is not None:
+                prefetch(following)
             yield task(item)
 
 
@@ -1213,8 +1279,9 @@ class DaskTasks:
     def __init__(self, client) -> None:
         self.client = client
 
-    def map(self, task: Callable, items: list) -> Iterator:
-        """``task(item)`` for each item, run on the workers, yielded in order."""
+    def map(self, task: Callable, items: list, prefetch: Callable | None = None) -> Iterator:
+        """``task(item)`` for each item, run on the workers, yielded in order (each worker
+        reads its own data: ``prefetch`` is not used)."""
         # On every worker, so that where the task lies does not draw all tiles to one.
         shared = self.client.scatter(task, hash=False, broadcast=True)
         workers = list(self.client.nthreads())
