@@ -70,17 +70,17 @@ def test_a_cell_read_in_another_process_equals_the_written_one(tmp_path):
 
 
 def refuse_direct_io(monkeypatch) -> list[int]:
-    """Make every open with O_DIRECT fail as tmpfs does; returns the refused flags."""
+    """Make every transfer with O_DIRECT fail as tmpfs does; returns the refused flags."""
     refused = []
-    real_open = os.open
+    real_transfer = spill._transfer
 
-    def open_(path, flags, *args):
+    def transfer(path, flags, offset, view):
         if flags & getattr(os, "O_DIRECT", 0):
             refused.append(flags)
             raise OSError(errno.EINVAL, "Invalid argument", path)
-        return real_open(path, flags, *args)
+        return real_transfer(path, flags, offset, view)
 
-    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(spill, "_transfer", transfer)
     return refused
 
 

@@ -139,29 +139,47 @@ class _Buffers:
 
 
 class _Direct:
-    """Opens files with ``O_DIRECT`` until a file system refuses it."""
+    """Moves whole buffers between files and memory with ``O_DIRECT`` until a file system
+    refuses it (at ``open``, as tmpfs does, or at the first transfer), then through the
+    page cache."""
 
     def __init__(self) -> None:
         self.enabled = hasattr(os, "O_DIRECT")
 
-    def open(self, path: str, flags: int) -> int:
+    def write(self, path: str, view: memoryview) -> None:
+        """Write ``view`` as the whole file ``path``."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        self._transfer(path, flags, 0, view)
+
+    def read(self, path: str, offset: int, view: memoryview) -> None:
+        """Fill ``view`` from ``path`` at ``offset``."""
+        self._transfer(path, os.O_RDONLY | getattr(os, "O_BINARY", 0), offset, view)
+
+    def _transfer(self, path: str, flags: int, offset: int, view: memoryview) -> None:
         if self.enabled:
             try:
-                return os.open(path, flags | os.O_DIRECT, 0o600)
+                return _transfer(path, flags | os.O_DIRECT, offset, view)
             except OSError as error:
                 if error.errno != errno.EINVAL:
                     raise
                 self.enabled = False
-        return os.open(path, flags, 0o600)
+        _transfer(path, flags, offset, view)
+
+
+def _transfer(path: str, flags: int, offset: int, view: memoryview) -> None:
+    writing = bool(flags & os.O_WRONLY)
+    with open(os.open(path, flags, 0o600), "wb" if writing else "rb", buffering=0) as file:
+        file.seek(offset)
+        while view:
+            count = file.write(view) if writing else file.readinto(view)
+            if not count:
+                raise EOFError(f"{path} ends early: the scratch file was cut short.")
+            view = view[count:]
 
 
 def write_cell(path: str, layout: CellLayout, buffer: Tensor, direct: _Direct) -> None:
     """Write a cell laid out in ``buffer`` (by :meth:`CellLayout.fill`) to ``path``."""
-    fd = direct.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0))
-    with open(fd, "wb", buffering=0) as file:
-        view = memoryview(buffer.numpy())[: layout.file_bytes]
-        while view:
-            view = view[file.write(view) :]
+    direct.write(path, memoryview(buffer.numpy())[: layout.file_bytes])
 
 
 def read_bands(
@@ -170,15 +188,7 @@ def read_bands(
     """Bands ``[k0, k1)`` of the cell in ``path``, read into ``buffer`` (see
     :meth:`CellLayout.bands_view`)."""
     start, stop = layout.byte_span(k0, k1)
-    fd = direct.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    with open(fd, "rb", buffering=0) as file:
-        file.seek(start)
-        view = memoryview(buffer.numpy())[: stop - start]
-        while view:
-            count = file.readinto(view)
-            if not count:
-                raise EOFError(f"{path} ends before byte {stop}: the scratch file was cut short.")
-            view = view[count:]
+    direct.read(path, start, memoryview(buffer.numpy())[: stop - start])
     return layout.bands_view(buffer, k0, k1)
 
 
@@ -250,21 +260,23 @@ class SpillFiles:
         self._entry(path, layout, k0, k1)
 
     def bands(self, path: str, layout: CellLayout, k0: int, k1: int) -> Tensor:
-        """Bands ``[k0, k1)`` of ``path`` as :meth:`CellLayout.bands_view` gives them."""
-        return self._entry(path, layout, k0, k1).result()
+        """Bands ``[k0, k1)`` of ``path`` as :meth:`CellLayout.bands_view` gives them
+        (errors of the read raised here)."""
+        future, first = self._entry(path, layout, k0, k1)
+        return future.result()[k0 - first : k1 - first]
 
-    def _entry(self, path: str, layout: CellLayout, k0: int, k1: int) -> _BandsView:
+    def _entry(self, path: str, layout: CellLayout, k0: int, k1: int) -> tuple[Future, int]:
+        """The read that holds bands ``[k0, k1)`` of ``path``, and its first band."""
         entries = self._cache.setdefault(path, {})
-        for (j0, j1), (future, _) in entries.items():
-            if j0 <= k0 and k1 <= j1:
-                self._batches[-1].add((path, j0, j1))
-                return _BandsView(future, layout, j0, k0, k1)
-        start, stop = layout.byte_span(k0, k1)
-        buffer = self._buffers.take(stop - start)
-        future = self._reader.submit(read_bands, path, layout, k0, k1, buffer, self._direct)
-        entries[k0, k1] = (future, buffer)
-        self._batches[-1].add((path, k0, k1))
-        return _BandsView(future, layout, k0, k0, k1)
+        held = [(j0, j1) for j0, j1 in entries if j0 <= k0 and k1 <= j1]
+        j0, j1 = held[0] if held else (k0, k1)
+        if not held:
+            start, stop = layout.byte_span(k0, k1)
+            buffer = self._buffers.take(stop - start)
+            future = self._reader.submit(read_bands, path, layout, k0, k1, buffer, self._direct)
+            entries[k0, k1] = (future, buffer)
+        self._batches[-1].add((path, j0, j1))
+        return entries[j0, j1][0], j0
 
     def forget(self, path: str) -> None:
         """Drop every band of ``path`` (its file is gone)."""
@@ -287,15 +299,3 @@ class SpillFiles:
         self._reader.shutdown(wait=True)
         self._cache.clear()
         self._buffers.clear()
-
-
-class _BandsView:
-    """Bands ``[k0, k1)`` of a cached read of bands from ``first`` on."""
-
-    def __init__(self, future: Future, layout: CellLayout, first: int, k0: int, k1: int):
-        self._future, self._first, self._k0, self._k1 = future, first, k0, k1
-
-    def result(self) -> Tensor:
-        """Wait for the read; the bands (errors of the read raised here)."""
-        bands = self._future.result()
-        return bands[self._k0 - self._first : self._k1 - self._first]
