@@ -8,7 +8,7 @@ plain copy.
 
 Files are opened with ``O_DIRECT`` where the file system allows it: the disk then moves
 the data straight from and into our own reused buffers. Through the page cache, each
-GiB written cost 1.5-2.5 s of CPU time on a 2-core VM (fresh pages for every file,
+GiB written cost 1.4-2.5 s of CPU time on a 2-core VM (fresh pages for every file,
 copied into by the kernel; flusher threads once dirty pages pass the kernel's
 threshold), taken from the threads that compute the tiles; with direct I/O, 0.05 s.
 Where ``O_DIRECT`` is refused (tmpfs on older kernels, macOS, Windows), the same files
@@ -33,7 +33,7 @@ from torch import Tensor
 #: Rows per band: a halo read from a neighbouring cell reads at most a few bands.
 BAND_ROWS = 4
 _ALIGN = 4096  # file offsets, lengths and buffer addresses of direct I/O
-_IDLE_BYTES = 2**28  # idle buffers kept for reuse, at most
+_IDLE_BYTES = 2**27  # idle buffers kept for reuse, at most
 
 
 class CellLayout:
