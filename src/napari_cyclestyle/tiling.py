@@ -362,9 +362,8 @@ class _Store:
     cluster workers can share the folder (with a shared scratch, every cell is a file).
     In one process the scratch's threads write the files while the next tile computes
     (:meth:`finish` waits for them) and read ahead what the next tile needs
-    (:meth:`prefetch`).
-    :meth:`release_rows_above` frees cells that no later read needs, so RAM and disk
-    hold little beyond the data still to be read.
+    (:meth:`prefetch`). :meth:`release_rows_above` frees cells that no later read
+    needs, so RAM and disk hold little beyond the data still to be read.
     """
 
     def __init__(
