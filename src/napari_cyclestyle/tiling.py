@@ -415,8 +415,7 @@ class _Store:
             target = region[:, :, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
             r0, r1, c0, c1 = r0 - top, r1 - top, c0 - left, c1 - left
             if isinstance(cell, str):
-                layout = spill.CellLayout(self._cell_shape(top, left))
-                k0, k1 = layout.band_range(r0, r1)
+                layout, k0, k1 = self._bands_of(row, column, r0, r1)
                 if self._spill is None:
                     bands = spill.load_bands(cell, layout, k0, k1)
                 else:
@@ -441,8 +440,14 @@ class _Store:
             cell = self._cells.get((row, column))
             if isinstance(cell, str):
                 top = row * self.tile
-                layout = spill.CellLayout(self._cell_shape(top, column * self.tile))
-                self._spill.prefetch(cell, layout, *layout.band_range(r0 - top, r1 - top))
+                self._spill.prefetch(cell, *self._bands_of(row, column, r0 - top, r1 - top))
+
+    def _bands_of(
+        self, row: int, column: int, r0: int, r1: int
+    ) -> tuple[spill.CellLayout, int, int]:
+        """A file cell's layout and the bands ``[k0, k1)`` that hold its rows ``[r0, r1)``."""
+        layout = spill.CellLayout(self._cell_shape(row * self.tile, column * self.tile))
+        return layout, *layout.band_range(r0, r1)
 
     def _cells_in(
         self, y0: int, y1: int, x0: int, x1: int
