@@ -117,7 +117,9 @@ def translate(
         Bytes the translation may use for activations: a tile's working set (at most
         half, when the tile is chosen automatically) and, in the rest but at least half,
         stored activations kept in RAM before they spill to ``scratch``; default from
-        the device's free memory (see :func:`tiling.memory_budget`).
+        the device's free memory (see :func:`tiling.memory_budget`). Spilling adds its
+        file buffers on top: the reads of two tiles, two queued writes and up to
+        128 MiB kept for reuse.
     scratch : path, optional
         Folder for activations that do not fit in RAM (exact tiled mode); default the
         system's temporary folder, or, on a dask cluster (where every activation goes
