@@ -11,7 +11,7 @@ from napari_cyclestyle.devices import ieee_float32, resolve_device
 
 
 def test_unknown_and_missing_devices_name_the_fix():
-    with pytest.raises(ValueError, match="Unknown device 'tpu'; choose one of auto, cuda"):
+    with pytest.raises(ValueError, match="Unknown device 'tpu'; choose one of auto, cpu, cuda"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is available; use 'auto'"):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from napari_cyclestyle.choices import DISCRIMINATORS as DISCRIMINATOR_NAMES
+from napari_cyclestyle.choices import GENERATORS as GENERATOR_NAMES
+from napari_cyclestyle.choices import NORMS as NORM_NAMES
 from napari_cyclestyle.networks import (
-    DISCRIMINATOR_NAMES,
-    GENERATOR_NAMES,
-    NORM_NAMES,
     EncoderDecoderGenerator,
     NLayerDiscriminator,
     PixelDiscriminator,
@@ -20,11 +20,10 @@ from napari_cyclestyle.networks import (
     build_discriminator,
     build_generator,
     generator_from_spec,
-    infer_generator_spec,
     init_weights,
     size_multiple,
-    strip_legacy_norm_keys,
 )
+from napari_cyclestyle.reference import infer_generator_spec, strip_legacy_norm_keys
 
 UNET_256_PREFIXES = ["model.model.1." + "model.3." * depth for depth in range(7)]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cyclestyle.config import PRECISIONS
+from napari_cyclestyle.choices import PRECISIONS
 from napari_cyclestyle.inference import translate
 from napari_cyclestyle.model_file import load_checkpoint, load_model
 from napari_cyclestyle.trainer import (

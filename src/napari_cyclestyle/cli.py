@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from . import __version__
-from .config import (
+from .choices import (
     DEVICES,
     DISCRIMINATORS,
     GAN_MODES,
@@ -39,11 +39,8 @@ from .config import (
     NORMS,
     PRECISIONS,
     STATISTICS_MODES,
-    Config,
-    ConfigError,
-    ModelConfig,
-    TrainConfig,
 )
+from .config import Config, ConfigError, ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
     from .model import CycleStyleModel

@@ -13,14 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128", "encoder_decoder")
-DISCRIMINATORS = ("basic", "n_layers", "pixel")
-NORMS = ("instance", "batch", "none")
-GAN_MODES = ("lsgan", "vanilla")
-# How tiled translation normalises InstanceNorm layers (see tiling.py).
-STATISTICS_MODES = ("exact", "estimate", "tile")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .choices import DEVICES, DISCRIMINATORS, GAN_MODES, GENERATORS, NORMS, PRECISIONS
 
 
 class ConfigError(ValueError):

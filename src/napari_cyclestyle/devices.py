@@ -10,9 +10,9 @@ from typing import TypeVar
 
 import torch
 
-_Result = TypeVar("_Result")
+from .choices import DEVICES
 
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+_Result = TypeVar("_Result")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -43,8 +43,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     kind = name.split(":")[0]
-    if kind not in DEVICE_CHOICES:
-        raise ValueError(f"Unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
+    if kind not in DEVICES:
+        raise ValueError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but no CUDA GPU is available; use 'auto'.")
     if kind == "mps" and not _mps_available():

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from .choices import GAN_MODES
+
 
 class GANLoss(nn.Module):
     """Adversarial loss against a real (1) or fake (0) target.
@@ -20,8 +22,9 @@ class GANLoss(nn.Module):
 
     def __init__(self, gan_mode: str = "lsgan"):
         super().__init__()
-        if gan_mode not in ("lsgan", "vanilla"):
-            raise ValueError(f"gan_mode must be 'lsgan' or 'vanilla', got {gan_mode!r}.")
+        if gan_mode not in GAN_MODES:
+            allowed = " or ".join(repr(mode) for mode in GAN_MODES)
+            raise ValueError(f"gan_mode must be {allowed}, got {gan_mode!r}.")
         self.gan_mode = gan_mode
 
     def forward(self, prediction: Tensor, target_is_real: bool) -> Tensor:

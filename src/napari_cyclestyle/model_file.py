@@ -38,12 +38,8 @@ from torch import nn
 from .config import Config, ConfigError, ModelConfig
 from .intensity import IntensityNorm
 from .model import CycleStyleModel, build_generators
-from .networks import (
-    build_discriminator,
-    generator_from_spec,
-    infer_generator_spec,
-    strip_legacy_norm_keys,
-)
+from .networks import build_discriminator, generator_from_spec
+from .reference import infer_generator_spec, strip_legacy_norm_keys
 
 FORMAT_NAME = "napari-cyclestyle"
 FORMAT_VERSION = 1

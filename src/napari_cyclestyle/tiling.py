@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from . import spill
-from .config import STATISTICS_MODES
+from .choices import STATISTICS_MODES
 from .devices import exact_inference
 from .networks import (
     EncoderDecoderGenerator,

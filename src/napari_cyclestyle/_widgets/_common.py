@@ -14,8 +14,6 @@ from napari.layers import Image, Layer
 from qtpy.QtCore import QEvent, QObject, QTimer, Signal, Slot
 from qtpy.QtWidgets import QApplication, QWidget
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
 
 def avoid_llvm_clash() -> bool:
     """Keep torch from importing triton when an OpenGL driver's LLVM is loaded.

@@ -37,9 +37,9 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 from superqt import QCollapsible
 
-from ..config import GAN_MODES, GENERATORS, NORMS, Config, ModelConfig, TrainConfig
+from ..choices import DEVICES, GAN_MODES, GENERATORS, NORMS
+from ..config import Config, ModelConfig, TrainConfig
 from ._common import (
-    DEVICE_CHOICES,
     Failure,
     StopOnClose,
     avoid_llvm_clash,
@@ -167,7 +167,7 @@ class TrainWidget(Container):
             label="crop size", min=16, max=4096, step=16, value=DEFAULTS["crop_size"]
         )
         self.n_steps = SpinBox(label="steps", min=1, max=10_000_000, value=DEFAULTS["n_steps"])
-        self.device = ComboBox(label="device", choices=DEVICE_CHOICES, value="auto")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.device_info = Label(label="")
         self.output = FileEdit(
             label="output file",

@@ -23,9 +23,9 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from psygnal import Signal
 
+from ..choices import DEVICES
 from ..layout import infer_layout
 from ._common import (
-    DEVICE_CHOICES,
     Failure,
     StopOnClose,
     avoid_llvm_clash,
@@ -132,7 +132,7 @@ class TranslateWidget(Container):
             label="direction", choices=[(text, key) for key, text in DIRECTIONS.items()]
         )
         self.image = ComboBox(label="input layer", choices=self._image_choices)
-        self.device = ComboBox(label="device", choices=DEVICE_CHOICES, value="auto")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.device_info = Label(label="")
         self.run_button = PushButton(text="Translate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
