@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_cyclestyle import spill
 from napari_cyclestyle.inference import translate
+from napari_cyclestyle.tiling import spill
 
 from .test_tiling import make_model, max_error, photo
 

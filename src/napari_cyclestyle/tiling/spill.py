@@ -7,12 +7,10 @@ cell below, say) is one contiguous read, while a band costs no more to lay out t
 plain copy.
 
 Files are opened with ``O_DIRECT`` where the file system allows it: the disk then moves
-the data straight from and into our own reused buffers. Through the page cache, each
-GiB written cost 1.4-2.5 s of CPU time on a 2-core VM (fresh pages for every file,
-copied into by the kernel; flusher threads once dirty pages pass the kernel's
-threshold), taken from the threads that compute the tiles; with direct I/O, 0.05 s.
-Where ``O_DIRECT`` is refused (tmpfs on older kernels, macOS, Windows), the same files
-go through the page cache.
+the data straight from and into our own reused buffers, and the kernel spends no CPU
+time, taken from the threads that compute the tiles, on copying through the page cache
+(figures: benchmarks/README.md). Where ``O_DIRECT`` is refused (tmpfs on older kernels,
+macOS, Windows), the same files go through the page cache.
 
 This module never imports napari or Qt.
 """
