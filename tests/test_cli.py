@@ -15,8 +15,9 @@ import pytest
 import tifffile
 
 from napari_cyclestyle import __version__
+from napari_cyclestyle.checkpoint import TrainingCheckpoint
 from napari_cyclestyle.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
-from napari_cyclestyle.model_file import load_checkpoint, load_model
+from napari_cyclestyle.model_file import load_model
 
 # A tiny network and few steps: each in-process training run takes about a second.
 TINY = ["--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--crop-size", "32"]
@@ -143,7 +144,7 @@ def test_ctrl_c_saves_a_loadable_model_and_resume_continues(
     assert f"model saved to {model}" in err
     assert "Resume with: napari-cyclestyle train" in err
     checkpoint = tmp_path / "run.checkpoint.pt"
-    stopped_at = load_checkpoint(checkpoint)["step"]
+    stopped_at = TrainingCheckpoint.load(checkpoint).step
     assert 1 <= stopped_at < 100000
     assert load_model(model).info["steps"] == stopped_at
 

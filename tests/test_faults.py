@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cyclestyle.model_file import load_checkpoint, load_model, save_model
+from napari_cyclestyle.checkpoint import TrainingCheckpoint
+from napari_cyclestyle.model_file import load_model, save_model
 from napari_cyclestyle.trainer import Trainer
 
 from .conftest import tiny_config
@@ -187,7 +188,7 @@ def test_a_full_disk_during_training_keeps_the_last_checkpoint(
             if event.step == 3:
                 _fill_disk(monkeypatch)
     monkeypatch.undo()
-    assert load_checkpoint(trainer.checkpoint_path)["step"] == 2
+    assert TrainingCheckpoint.load(trainer.checkpoint_path).step == 2
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -239,14 +240,14 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_p
 def test_running_out_of_memory_in_training_gives_advice(tmp_path, gray_domains, error):
     config = tiny_config(checkpoint_every=2, n_steps=10)
     trainer = Trainer(*gray_domains, config, output=tmp_path / "m.safetensors")
-    original_step = trainer._train_step
+    original_step = trainer.cyclegan.training_step
 
-    def step_out_of_memory(real_a, real_b):
+    def step_out_of_memory(*batches_and_learning_rate):
         if trainer.step >= 3:
             raise error
-        return original_step(real_a, real_b)
+        return original_step(*batches_and_learning_rate)
 
-    trainer._train_step = step_out_of_memory
+    trainer.cyclegan.training_step = step_out_of_memory
     with pytest.raises(RuntimeError) as raised:
         list(trainer.run())
     message = str(raised.value)

@@ -13,7 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_cyclestyle.model_file import load_checkpoint, load_model
+from napari_cyclestyle.checkpoint import TrainingCheckpoint
+from napari_cyclestyle.model_file import load_model
 from napari_cyclestyle.trainer import train
 
 from .conftest import tiny_config
@@ -53,5 +54,5 @@ def test_two_thousand_steps_keep_memory_flat_and_every_checkpoint_loads(tmp_path
     growth = max(resident.values()) - resident[WARM_UP]
     assert growth < MAX_GROWTH, {step: rss // 2**20 for step, rss in resident.items()}
     for step, path in copies:
-        assert load_checkpoint(path)["step"] == step
+        assert TrainingCheckpoint.load(path).step == step
     assert load_model(tmp_path / "soak.safetensors").info["steps"] == STEPS

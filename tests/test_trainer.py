@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from napari_cyclestyle.checkpoint import TrainingCheckpoint
 from napari_cyclestyle.choices import PRECISIONS
 from napari_cyclestyle.inference import translate
-from napari_cyclestyle.model_file import load_checkpoint, load_model
+from napari_cyclestyle.model_file import load_model
 from napari_cyclestyle.trainer import (
     LOSS_NAMES,
     Trainer,
@@ -77,7 +78,7 @@ def test_abandoning_the_loop_keeps_a_usable_model(tmp_path, gray_domains):
             break
     model = load_model(output)
     assert model.info["steps"] == 3
-    assert load_checkpoint(tmp_path / "abandoned.checkpoint.pt")["step"] == 3
+    assert TrainingCheckpoint.load(tmp_path / "abandoned.checkpoint.pt").step == 3
 
 
 def test_checkpoints_are_written_every_n_steps(tmp_path, gray_domains):
@@ -155,18 +156,18 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(
 ):
     config = tiny_config(checkpoint_every=2, n_steps=10)
     trainer = Trainer(*gray_domains, config, output=tmp_path / "m.safetensors")
-    original_step = trainer._train_step
+    original_step = trainer.cyclegan.training_step
 
-    def step_that_diverges(real_a, real_b):
-        losses = original_step(real_a, real_b)
+    def step_that_diverges(*batches_and_learning_rate):
+        losses = original_step(*batches_and_learning_rate)
         if trainer.step >= 2:  # the third step goes wrong
             losses["cycle_A"] = torch.tensor(float("nan"))
         return losses
 
-    monkeypatch.setattr(trainer, "_train_step", step_that_diverges)
+    monkeypatch.setattr(trainer.cyclegan, "training_step", step_that_diverges)
     with pytest.raises(TrainingDiverged, match="cycle_A is not finite"):
         list(trainer.run())
-    assert load_checkpoint(tmp_path / "m.checkpoint.pt")["step"] == 2
+    assert TrainingCheckpoint.load(tmp_path / "m.checkpoint.pt").step == 2
 
 
 def test_identity_loss_is_off_when_channel_counts_differ(tmp_path, gray_domains):
@@ -222,14 +223,14 @@ def test_channels_last_gives_the_same_weights_and_a_usable_model(tmp_path, devic
 
 def test_out_of_memory_becomes_advice_and_keeps_the_steps_done(tmp_path, gray_domains):
     trainer = Trainer(*gray_domains, tiny_config(n_steps=10), output=tmp_path / "m.safetensors")
-    original_step = trainer._train_step
+    original_step = trainer.cyclegan.training_step
 
-    def step_that_runs_out_of_memory(real_a, real_b):
+    def step_that_runs_out_of_memory(*batches_and_learning_rate):
         if trainer.step == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original_step(real_a, real_b)
+        return original_step(*batches_and_learning_rate)
 
-    trainer._train_step = step_that_runs_out_of_memory
+    trainer.cyclegan.training_step = step_that_runs_out_of_memory
     with pytest.raises(TrainingOutOfMemory, match="smaller crop_size or batch_size"):
         list(trainer.run())
     assert load_model(tmp_path / "m.safetensors").info["steps"] == 2
@@ -262,13 +263,13 @@ def test_time_the_consumer_holds_the_loop_does_not_count_as_training(
     trainer = Trainer(
         *gray_domains, tiny_config(n_steps=3, n_steps_decay=0), output=tmp_path / "m"
     )
-    original_step = trainer._train_step
+    original_step = trainer.cyclegan.training_step
 
-    def step_taking_two_seconds(real_a, real_b):
+    def step_taking_two_seconds(*batches_and_learning_rate):
         now[0] += 2.0
-        return original_step(real_a, real_b)
+        return original_step(*batches_and_learning_rate)
 
-    trainer._train_step = step_taking_two_seconds
+    trainer.cyclegan.training_step = step_taking_two_seconds
     events = []
     for event in trainer.run():
         events.append(event)
@@ -278,12 +279,12 @@ def test_time_the_consumer_holds_the_loop_does_not_count_as_training(
 
 
 def test_a_checkpoint_with_damaged_training_state_is_a_clear_error(tmp_path, gray_domains):
-    from napari_cyclestyle.model_file import ModelFileError, save_checkpoint
+    from napari_cyclestyle.model_file import ModelFileError
 
     list(train(*gray_domains, tiny_config(), output=tmp_path / "m.safetensors"))
-    state = load_checkpoint(tmp_path / "m.checkpoint.pt")
+    state = TrainingCheckpoint.load(tmp_path / "m.checkpoint.pt").to_state()
     state["data_streams"] = "{not json"
-    save_checkpoint(state, tmp_path / "damaged.checkpoint.pt")
+    torch.save(state, tmp_path / "damaged.checkpoint.pt")
     with pytest.raises(ModelFileError, match="damaged.checkpoint.pt: a damaged training"):
         Trainer(*gray_domains, resume=tmp_path / "damaged.checkpoint.pt")
 
@@ -297,8 +298,8 @@ def test_each_precision_trains_on_cuda_a_model_the_cpu_can_use(tmp_path, gray_do
     )
     events = list(trainer.run())
     mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    assert trainer.precision == (mixed if precision == "auto" else precision)
-    assert (trainer.scaler is not None) == (trainer.precision == "fp16")
+    assert trainer.cyclegan.precision == (mixed if precision == "auto" else precision)
+    assert (trainer.cyclegan.scaler is not None) == (trainer.cyclegan.precision == "fp16")
     losses = [value for event in events if event.losses for value in event.losses.values()]
     assert losses and np.isfinite(losses).all()
     plane = gray_domains[0][0]

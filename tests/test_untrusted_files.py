@@ -16,12 +16,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from napari_cyclestyle.checkpoint import TrainingCheckpoint
 from napari_cyclestyle.config import Config, ConfigError
 from napari_cyclestyle.model import CycleStyleModel
 from napari_cyclestyle.model_file import (
     FORMAT_NAME,
     ModelFileError,
-    load_checkpoint,
     load_model,
     save_model,
 )
@@ -72,7 +72,7 @@ def checkpoint_file(tmp_path, gray_domains):
 
 
 # ---------------------------------------------------------------- code in pickles
-@pytest.mark.parametrize("loader", [load_model, load_checkpoint])
+@pytest.mark.parametrize("loader", [load_model, TrainingCheckpoint.load])
 def test_a_torch_file_whose_pickle_would_run_a_command_is_refused(tmp_path, loader):
     marker = tmp_path / "command-ran"
     path = tmp_path / "latest_net_G.pth"
@@ -108,7 +108,7 @@ def test_empty_truncated_and_random_files_give_one_clear_error(
         path, loader = tmp_path / "latest_net_G.pth", load_model
         torch.save(build_generator("resnet_6blocks", 1, 1, ngf=4).state_dict(), path)
     else:
-        path, loader = checkpoint_file, load_checkpoint
+        path, loader = checkpoint_file, TrainingCheckpoint.load
     damage(path)
     with pytest.raises(ModelFileError) as error:
         loader(path)
@@ -148,7 +148,7 @@ def test_a_model_file_and_a_checkpoint_are_not_confused(model_file, checkpoint_f
     with pytest.raises(ModelFileError, match="a training checkpoint, not a model"):
         load_model(checkpoint_file)
     with pytest.raises(ModelFileError, match="a model file, not a training checkpoint"):
-        load_checkpoint(model_file)
+        TrainingCheckpoint.load(model_file)
 
 
 def test_weights_of_another_architecture_than_described_are_refused(model_file):
@@ -299,7 +299,7 @@ def _rewrite_checkpoint(path, change) -> None:
 def test_a_damaged_checkpoint_says_what_is_wrong(checkpoint_file, change, problem):
     _rewrite_checkpoint(checkpoint_file, change)
     with pytest.raises(ModelFileError, match=problem) as error:
-        load_checkpoint(checkpoint_file)
+        TrainingCheckpoint.load(checkpoint_file)
     assert str(error.value).startswith(f"{checkpoint_file}")
 
 
@@ -362,7 +362,7 @@ def _fuzz(loader, path, header: int) -> None:
         except ModelFileError as error:
             assert str(path) in str(error)
         else:
-            assert isinstance(result, CycleStyleModel | dict)
+            assert isinstance(result, CycleStyleModel | TrainingCheckpoint)
 
     load_mutated()
 
@@ -381,4 +381,4 @@ def test_fuzzed_reference_checkpoints_give_only_model_file_errors(tmp_path):
 
 
 def test_fuzzed_training_checkpoints_give_only_model_file_errors(checkpoint_file):
-    _fuzz(load_checkpoint, checkpoint_file, 4096)
+    _fuzz(TrainingCheckpoint.load, checkpoint_file, 4096)

@@ -436,16 +436,15 @@ def _train_config(args: argparse.Namespace, checkpoint_config: Config | None) ->
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .model_file import CHECKPOINT_SUFFIX, MODEL_SUFFIX, load_checkpoint
+    from .checkpoint import TrainingCheckpoint
+    from .model_file import CHECKPOINT_SUFFIX, MODEL_SUFFIX
     from .trainer import Trainer
 
     checkpoint_config = None
     output = args.output
     if args.resume is not None:
-        state = load_checkpoint(args.resume)  # read again by Trainer; only settings here
-        checkpoint_config = Config.from_json(state["config"])
-        done = int(state["step"])
-        del state
+        # Only the settings here; the Trainer reads and checks the whole checkpoint.
+        done, checkpoint_config = TrainingCheckpoint.read_settings(args.resume)
         if output is None:
             name = Path(args.resume).name.removesuffix(CHECKPOINT_SUFFIX) + MODEL_SUFFIX
             output = Path(args.resume).with_name(name)
@@ -850,15 +849,16 @@ def _add_info_parser(subparsers) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .model_file import CHECKPOINT_SUFFIX, load_checkpoint, load_model
+    from .checkpoint import TrainingCheckpoint
+    from .model_file import CHECKPOINT_SUFFIX, load_model
 
     path = Path(args.model)
     print(f"file: {path.resolve()}")
     if path.name.endswith(CHECKPOINT_SUFFIX):
-        state = load_checkpoint(path)
-        config = Config.from_json(state["config"])
-        print(f"training checkpoint at step {state['step']} of {config.train.total_steps}")
-        print(f"written by napari-cyclestyle {state['version']}")
+        checkpoint = TrainingCheckpoint.load(path)
+        config = checkpoint.config
+        print(f"training checkpoint at step {checkpoint.step} of {config.train.total_steps}")
+        print(f"written by napari-cyclestyle {checkpoint.version}")
         print(config.to_json())
         return EXIT_OK
     print(load_model(path).describe())

@@ -1,4 +1,4 @@
-"""Model files and training checkpoints: safe to load, atomic to write.
+"""Model files: safe to load, atomic to write.
 
 A model file is one safetensors file: tensors ``G.<key>`` and ``F.<key>`` and a JSON
 header entry holding the architecture, each domain's intensity normalisation and the
@@ -7,9 +7,8 @@ provenance. Loading it executes nothing. Reference CycleGAN checkpoints (a plain
 ``torch.load(..., weights_only=True)``, which refuses anything but tensors and plain
 containers.
 
-A training checkpoint (``*.checkpoint.pt``) holds what exact resume needs: all four
-networks, optimiser states, pools and random states; it too loads with
-``weights_only=True``.
+Training checkpoints (``*.checkpoint.pt``) are :mod:`napari_cyclestyle.checkpoint`'s;
+it shares the checks below.
 
 Nothing read from a file is trusted: the description is validated, the networks it
 describes are first built on PyTorch's ``meta`` device (no memory) and compared, key by
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig
 from .intensity import IntensityNorm
 from .model import CycleStyleModel, build_generators
 from .networks import build_discriminator, generator_from_spec
@@ -190,12 +189,13 @@ def load_model(
         return _load_reference_folder(path, generator)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file.")
-    if _is_safetensors(path):
+    if is_safetensors(path):
         return _load_ours(path)
     path_ba = Path(path_ba) if path_ba is not None else _sibling_generator(path)
-    generator_ab = _load_reference_generator(path, generator)
-    generator_ba = _load_reference_generator(path_ba, generator) if path_ba else None
-    return _reference_model(generator_ab, generator_ba, [path, path_ba])
+    loaded = [_load_reference_generator(path, generator)]
+    if path_ba:
+        loaded.append(_load_reference_generator(path_ba, generator))
+    return _reference_model(*loaded, paths=[path, path_ba])
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -235,9 +235,9 @@ def _load_ours(path: Path) -> CycleStyleModel:
         for prefix in ("G", "F")
         if prefix in present
     }
-    described = _described_networks(path, config, discriminators=False)
+    described = described_networks(path, config, discriminators=False)
     for prefix, state in states.items():
-        _check_state(described[prefix], state, f"{path} ({prefix})")
+        check_state(described[prefix], state, f"{path} ({prefix})")
     networks: dict[str, nn.Module | None] = dict(
         zip(("G", "F"), build_generators(config), strict=True)
     )
@@ -268,8 +268,8 @@ def _parse_description(
         if not isinstance(header.get("model"), dict):
             raise TypeError("the 'model' entry must be a JSON object")
         config = ModelConfig(**header["model"])
-        norm_a = _parse_norm(header.get("norm_a"), config.channels_a, "norm_a")
-        norm_b = _parse_norm(header.get("norm_b"), config.channels_b, "norm_b")
+        norm_a = parse_norm(header.get("norm_a"), config.channels_a, "norm_a")
+        norm_b = parse_norm(header.get("norm_b"), config.channels_b, "norm_b")
         info = header.get("info") or {}
         if not isinstance(info, dict):
             raise TypeError("the 'info' entry must be a JSON object")
@@ -281,7 +281,7 @@ def _parse_description(
     return config, norm_a, norm_b, info
 
 
-def _parse_norm(data: Any, n_channels: int, name: str) -> IntensityNorm | None:
+def parse_norm(data: Any, n_channels: int, name: str) -> IntensityNorm | None:
     """An :class:`IntensityNorm` from its stored form, checked to be usable."""
     if data is None:
         return None
@@ -297,7 +297,7 @@ def _parse_norm(data: Any, n_channels: int, name: str) -> IntensityNorm | None:
     return norm
 
 
-def _described_networks(
+def described_networks(
     path: Path, config: ModelConfig, discriminators: bool
 ) -> dict[str, nn.Module]:
     """The networks ``config`` describes, on the meta device: shapes without memory."""
@@ -321,7 +321,7 @@ def _described_networks(
     return networks
 
 
-def _check_state(network: nn.Module, state: Mapping[str, Any], where: str) -> None:
+def check_state(network: nn.Module, state: Mapping[str, Any], where: str) -> None:
     """Refuse a state dict that does not fit ``network`` (which may live on the meta
     device): missing or extra keys, other shapes or kinds, NaN or Inf values."""
     expected = network.state_dict()
@@ -353,7 +353,7 @@ def _check_state(network: nn.Module, state: Mapping[str, Any], where: str) -> No
 
 
 def _load_state(network: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """Load a state dict already passed by :func:`_check_state`; eval mode."""
+    """Load a state dict already passed by :func:`check_state`; eval mode."""
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -379,7 +379,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path}: no such file.")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path}: the file is empty.")
-    state = _torch_load(path, "not a loadable weights file")
+    state = safe_torch_load(path, "not a loadable weights file")
     if isinstance(state, Mapping) and state.get("format") == FORMAT_NAME + "-checkpoint":
         raise ModelFileError(
             f"{path}: a training checkpoint, not a model; resume training from it, or load "
@@ -394,7 +394,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
-def _torch_load(path: Path, what: str) -> Any:
+def safe_torch_load(path: Path, what: str) -> Any:
     """``torch.load`` restricted to tensors and plain containers (no code runs), with
     every tensor checked to hold the data it claims."""
     try:
@@ -428,7 +428,8 @@ def _tensors(value: Any, key: str = "") -> list[tuple[str, torch.Tensor]]:
     return [found for k, v in items for found in _tensors(v, f"{key}.{k}" if key else str(k))]
 
 
-def _load_reference_generator(path: Path, generator: str | None) -> torch.nn.Module:
+def _load_reference_generator(path: Path, generator: str | None) -> tuple[nn.Module, dict]:
+    """The generator a reference ``.pth`` holds, and its inferred spec."""
     state = read_state_dict(path)
     try:
         spec = infer_generator_spec(state)
@@ -440,22 +441,27 @@ def _load_reference_generator(path: Path, generator: str | None) -> torch.nn.Mod
         )
     network = generator_from_spec(spec)
     state = strip_legacy_norm_keys(state, network)
-    _check_state(network, state, str(path))
+    check_state(network, state, str(path))
     _load_state(network, state, str(path))
-    network.spec = spec
-    return network
+    return network, spec
 
 
-def _reference_model(generator_ab, generator_ba, paths) -> CycleStyleModel:
-    """Wrap imported generators; either may be None (a one-direction checkpoint)."""
+def _reference_model(
+    generator_ab: tuple[nn.Module, dict] | None,
+    generator_ba: tuple[nn.Module, dict] | None = None,
+    *,
+    paths: list,
+) -> CycleStyleModel:
+    """Wrap imported ``(generator, spec)`` pairs; either may be None (a one-direction
+    checkpoint)."""
     if generator_ab is not None:
-        spec = generator_ab.spec
+        spec = generator_ab[1]
         channels_a, channels_b = spec["in_channels"], spec["out_channels"]
     else:
-        spec = generator_ba.spec
+        spec = generator_ba[1]
         channels_a, channels_b = spec["out_channels"], spec["in_channels"]
     if generator_ab is not None and generator_ba is not None:
-        other = generator_ba.spec
+        other = generator_ba[1]
         if (other["in_channels"], other["out_channels"]) != (channels_b, channels_a):
             raise ModelFileError(
                 f"{paths[1]}: maps {other['in_channels']}→{other['out_channels']} channels, "
@@ -470,7 +476,8 @@ def _reference_model(generator_ab, generator_ba, paths) -> CycleStyleModel:
         dropout=spec["dropout"],
     )
     source = ", ".join(str(p) for p in paths if p is not None)
-    return CycleStyleModel(config, generator_ab, generator_ba, info={"source": source})
+    networks = [None if pair is None else pair[0] for pair in (generator_ab, generator_ba)]
+    return CycleStyleModel(config, *networks, info={"source": source})
 
 
 def _sibling_generator(path: Path) -> Path | None:
@@ -488,14 +495,15 @@ def _load_reference_folder(folder: Path, generator: str | None) -> CycleStyleMod
             return load_model(folder / stem, generator=generator)
     only_ba = folder / "latest_net_G_B.pth"
     if only_ba.is_file():
-        return _reference_model(None, _load_reference_generator(only_ba, generator), [only_ba])
+        loaded = _load_reference_generator(only_ba, generator)
+        return _reference_model(None, loaded, paths=[only_ba])
     raise ModelFileError(
         f"{folder}: a folder without latest_net_G_A.pth, latest_net_G_B.pth or "
         "latest_net_G.pth; give the model file itself."
     )
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     """safetensors files start with an 8-byte little-endian header size, then '{'."""
     try:
         with path.open("rb") as file:
@@ -511,76 +519,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a training checkpoint (tensors and plain values only) atomically."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint written by :func:`save_checkpoint`, executing no code.
-
-    Its configuration, normalisations and random states are validated, and the four
-    networks' weights are checked against the networks the configuration describes.
-
-    Raises
-    ------
-    ModelFileError
-        If the file is missing, not a napari-cyclestyle checkpoint, or damaged.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such checkpoint file.")
-    if _is_safetensors(path):
-        raise ModelFileError(
-            f"{path}: a model file, not a training checkpoint; training resumes from the "
-            f"{CHECKPOINT_SUFFIX} file written beside the model."
-        )
-    state = _torch_load(path, "not a readable checkpoint")
-    if not isinstance(state, dict) or state.get("format") != FORMAT_NAME + "-checkpoint":
-        raise ModelFileError(f"{path}: not a napari-cyclestyle training checkpoint.")
-    _check_checkpoint(path, state)
-    return state
-
-
-# Checkpoint entries checked on load, and their types. The optimiser, pool and data-stream
-# entries belong to the trainer, which restores them.
-_CHECKPOINT_ENTRIES = {
-    "version": str,
-    "step": int,
-    "config": str,
-    "norm_a": str,
-    "norm_b": str,
-    "networks": dict,
-    "torch_rng": torch.Tensor,
-}
-
-
-def _check_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose configuration, normalisations, random state or
-    networks could not restore a trainer."""
-    try:
-        for key, kind in _CHECKPOINT_ENTRIES.items():
-            if not isinstance(state[key], kind) or isinstance(state[key], bool):
-                raise TypeError(f"{key} is a {type(state[key]).__name__}, not a {kind.__name__}")
-        if state["step"] < 0:
-            raise ValueError(f"step is {state['step']}")
-        config = Config.from_json(state["config"]).model
-        _parse_norm(json.loads(state["norm_a"]), config.channels_a, "norm_a")
-        _parse_norm(json.loads(state["norm_b"]), config.channels_b, "norm_b")
-        torch.Generator().set_state(state["torch_rng"])
-    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, RecursionError) as error:
-        detail = f"missing entry {error}" if isinstance(error, KeyError) else str(error)
-        raise ModelFileError(f"{path}: a damaged training checkpoint ({detail}).") from error
-    described = _described_networks(path, config, discriminators=True)
-    for name, network in described.items():
-        if not isinstance(state["networks"].get(name), Mapping):
-            raise ModelFileError(f"{path}: a damaged training checkpoint (no {name} weights).")
-        _check_state(network, state["networks"][name], f"{path} ({name})")

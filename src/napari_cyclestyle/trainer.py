@@ -3,88 +3,75 @@
 The GUI, the CLI and scripts all consume the same :class:`TrainEvent` stream from
 :meth:`Trainer.run`. Stopping is always safe: break out of the loop, close the
 generator or call :meth:`Trainer.stop`, and the model file and a checkpoint are written.
+
+The loop only: sampling, the learning-rate schedule, events, stop and resume, guards
+(divergence, out of memory) and saving. One optimisation step is
+:meth:`napari_cyclestyle.cyclegan.CycleGAN.training_step`; the checkpoint's contents are
+:class:`napari_cyclestyle.checkpoint.TrainingCheckpoint`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import __version__, distributed
+from .checkpoint import TrainingCheckpoint
 from .config import Config
+from .cyclegan import LOSS_NAMES, CycleGAN
 from .data import Domain
-from .devices import ieee_float32, is_out_of_memory
-from .distributed import wrap
+from .devices import is_out_of_memory
 from .intensity import IntensityNorm
-from .losses import GANLoss, ImagePool, cycle_loss
-from .model import CycleStyleModel, build_generators
-from .model_file import (
-    CHECKPOINT_SUFFIX,
-    FORMAT_NAME,
-    MODEL_SUFFIX,
-    ModelFileError,
-    load_checkpoint,
-    save_checkpoint,
-    save_model,
-)
-from .networks import build_discriminator, init_weights, size_multiple
+from .model import CycleStyleModel
+from .model_file import CHECKPOINT_SUFFIX, MODEL_SUFFIX, ModelFileError, save_model
+from .networks import size_multiple
 
-# Every loss the step computes; events, logs and model provenance follow this list.
-LOSS_NAMES = (
-    "G_adversarial",
-    "F_adversarial",
-    "cycle_A",
-    "cycle_B",
-    "identity_A",
-    "identity_B",
-    "D_A",
-    "D_B",
-)
-_GENERATOR_LOSSES = LOSS_NAMES[:6]
-
-
-class _CompiledOrEager:
-    """Calls ``torch.compile(network)``; if compiling fails, warns once and calls the
-    network itself from then on (compilers fail in many ways: no C compiler, no
-    Triton, an unsupported platform)."""
-
-    def __init__(self, network: nn.Module, name: str) -> None:
-        self.network, self.name = network, name
-        self.compiled: Callable | None = torch.compile(network)
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.compiled is not None:
-            try:
-                return self.compiled(batch)
-            except Exception as error:  # any compiler failure
-                if is_out_of_memory(error):
-                    raise
-                warnings.warn(
-                    f"torch.compile could not compile {self.name} ({type(error).__name__}: "
-                    f"{str(error)[:300]}); it trains uncompiled.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.compiled = None
-        return self.network(batch)
+__all__ = [
+    "LOSS_NAMES",
+    "TrainEvent",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingOutOfMemory",
+    "train",
+]
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
 
+    @classmethod
+    def at(cls, step: int, losses: list[str]) -> TrainingDiverged:
+        """The error for ``losses`` that were not finite at ``step``."""
+        return cls(
+            f"Training diverged at step {step}: loss {', '.join(losses)} is not "
+            "finite. The last checkpoint is kept; try a lower learning rate or check "
+            "the images for extreme values."
+        )
+
 
 class TrainingOutOfMemory(RuntimeError):
     """The device ran out of memory; the message says what to make smaller."""
+
+    @classmethod
+    def at(cls, step: int, device: torch.device, config: Config) -> TrainingOutOfMemory:
+        """The advice for running out of memory on ``device`` at ``step``."""
+        train = config.train
+        return cls(
+            f"Out of memory on {device} at step {step} (crop_size "
+            f"{train.crop_size}, batch_size {train.batch_size}, ngf "
+            f"{config.model.ngf}). Try a smaller crop_size or batch_size, a "
+            "narrower network (ngf/ndf), or another device; the model and checkpoint "
+            "of the steps done so far are saved."
+        )
 
 
 @dataclass
@@ -134,25 +121,6 @@ class TrainEvent:
     model_path: Path | None = None
 
 
-@dataclass
-class _Networks:
-    """The four networks, as built (their state dicts are what files hold)."""
-
-    generator_ab: nn.Module
-    generator_ba: nn.Module
-    discriminator_a: nn.Module
-    discriminator_b: nn.Module
-
-    def named(self) -> dict[str, nn.Module]:
-        """Networks by the names checkpoints use."""
-        return {
-            "G": self.generator_ab,
-            "F": self.generator_ba,
-            "D_A": self.discriminator_a,
-            "D_B": self.discriminator_b,
-        }
-
-
 class Trainer:
     """Train a CycleGAN between two unpaired domains.
 
@@ -161,7 +129,8 @@ class Trainer:
     domain_a, domain_b : Domain, array, path or sequence
         The two domains' images (see :class:`~napari_cyclestyle.data.Domain`).
     config : Config, optional
-        Model and training settings. Channel counts are taken from the data.
+        Model and training settings. Channel counts are taken from the data (the
+        trainer's own copy of ``config`` holds them; ``config`` itself is not changed).
     output : path-like, optional
         Model file to write at the end and on stop; ``cyclestyle-model.safetensors``
         when None. The checkpoint goes beside it (``<stem>.checkpoint.pt``).
@@ -170,6 +139,12 @@ class Trainer:
         settings too, unless ``config`` is given (e.g. to extend the run).
     channel_axis_a, channel_axis_b : int, optional
         Channel axes of the domains' images when not inferable.
+
+    Attributes
+    ----------
+    cyclegan : CycleGAN
+        The networks, optimisers, losses and pools; :meth:`CycleGAN.training_step` is
+        the step the loop runs.
 
     Raises
     ------
@@ -188,40 +163,10 @@ class Trainer:
         channel_axis_b: int | None = None,
     ):
         self._resume_path = resume
-        checkpoint = load_checkpoint(resume) if resume is not None else None
-        norm_a: IntensityNorm | str = "auto"
-        norm_b: IntensityNorm | str = "auto"
-        if checkpoint is None:
-            config = config or Config()
-        else:
-            saved = Config.from_json(checkpoint["config"])
-            config = Config(model=saved.model, train=(config or saved).train)
-            norm_a = IntensityNorm.from_dict(json.loads(checkpoint["norm_a"]))
-            norm_b = IntensityNorm.from_dict(json.loads(checkpoint["norm_b"]))
-        if not isinstance(domain_a, Domain):
-            domain_a = Domain(domain_a, "A", channel_axis_a, norm_a)
-        if not isinstance(domain_b, Domain):
-            domain_b = Domain(domain_b, "B", channel_axis_b, norm_b)
-        self.domain_a, self.domain_b = domain_a, domain_b
-        if checkpoint is None:
-            config.model.channels_a = domain_a.n_channels
-            config.model.channels_b = domain_b.n_channels
-        else:
-            for domain, expected in (
-                (domain_a, config.model.channels_a),
-                (domain_b, config.model.channels_b),
-            ):
-                if domain.n_channels != expected:
-                    raise ValueError(
-                        f"Domain {domain.name} has {domain.n_channels} channel(s) but the "
-                        f"checkpoint {resume} was trained with {expected}."
-                    )
-        multiple = size_multiple(config.model.generator)
-        if config.train.crop_size % multiple:
-            raise ValueError(
-                f"crop_size {config.train.crop_size} does not suit {config.model.generator}: "
-                f"use a multiple of {multiple}."
-            )
+        checkpoint = TrainingCheckpoint.load(resume) if resume is not None else None
+        config, self.domain_a, self.domain_b = _settings(
+            domain_a, domain_b, config, checkpoint, resume, (channel_axis_a, channel_axis_b)
+        )
         self.config = config
         self.output = (
             Path(output) if output is not None else Path("cyclestyle-model" + MODEL_SUFFIX)
@@ -236,96 +181,33 @@ class Trainer:
         self._stop_requested = False
         self.step = 0
         self.last_losses: dict[str, float] = {}
+        self._model: tuple[int, CycleStyleModel] | None = None  # (updates, model)
         self._build(checkpoint)
 
     # ------------------------------------------------------------------ set-up
-    def _build(self, checkpoint: dict | None) -> None:
-        train, model = self.config.train, self.config.model
+    def _build(self, checkpoint: TrainingCheckpoint | None) -> None:
+        train = self.config.train
         if train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = train.cudnn_benchmark and not train.deterministic
         torch.manual_seed(train.seed)
-        generator_ab, generator_ba = build_generators(model)
-        discriminator_a, discriminator_b = (
-            build_discriminator(
-                model.discriminator, channels, model.ndf, model.n_layers_discriminator, model.norm
-            )
-            for channels in (model.channels_a, model.channels_b)
-        )
-        self.networks = _Networks(generator_ab, generator_ba, discriminator_a, discriminator_b)
-        for network in self.networks.named().values():
-            init_weights(network)
-            network.to(self.device).train()
-            if train.channels_last:
-                network.to(memory_format=torch.channels_last)
-        if checkpoint is not None:
-            for name, network in self.networks.named().items():
-                network.load_state_dict(checkpoint["networks"][name])
-        # What the step calls: DistributedDataParallel wrappers under torchrun, compiled
-        # if asked.
-        called = {
-            name: wrap(network, self.context, self.device)
-            for name, network in self.networks.named().items()
-        }
-        if train.compile:
-            called = {name: _CompiledOrEager(network, name) for name, network in called.items()}
-        self._train_networks = _Networks(*called.values())
-        self.batched_forward = train.batched_forward and model.norm != "batch"
-        self.use_identity = train.lambda_identity > 0 and model.channels_a == model.channels_b
-        self._setup_precision()
-        fused = self.device.type in ("cpu", "cuda")
-        betas = (train.beta1, train.beta2)
-        self.optimizer_g = torch.optim.Adam(
-            [*generator_ab.parameters(), *generator_ba.parameters()],
-            train.learning_rate,
-            betas,
-            fused=fused,
-        )
-        self.optimizer_d = torch.optim.Adam(
-            [*discriminator_a.parameters(), *discriminator_b.parameters()],
-            train.learning_rate,
-            betas,
-            fused=fused,
-        )
-        self.gan_loss = GANLoss(train.gan_mode)
-        rank = self.context.rank
-        self.pool_a = ImagePool(
-            train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 1)
-        )
-        self.pool_b = ImagePool(
-            train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 2)
-        )
-        # One random stream per patch of the global batch: a patch is the same whichever
-        # process draws it, so N processes train exactly like one with the same batch.
-        local_batch = train.batch_size // self.context.world_size
-        self.data_streams = {
-            slot: np.random.default_rng([train.seed, slot])
-            for slot in range(rank * local_batch, (rank + 1) * local_batch)
-        }
-        preview_rng = np.random.default_rng([train.seed, 12345])
-        self.preview_a = torch.from_numpy(
-            self.domain_a.sample(preview_rng, 1, train.crop_size, augment=False)
-        )
-        self.preview_b = torch.from_numpy(
-            self.domain_b.sample(preview_rng, 1, train.crop_size, augment=False)
-        )
+        networks = checkpoint.model["networks"] if checkpoint is not None else None
+        self.cyclegan = CycleGAN(self.config, self.device, self.context, networks)
+        self.patches = _Patches(self.domain_a, self.domain_b, train, self.context)
         if checkpoint is not None:
             self._restore(checkpoint)
 
-    def _setup_precision(self) -> None:
-        precision = self.config.train.precision
-        on_cuda = self.device.type == "cuda"
-        if precision == "auto":
-            if not on_cuda:
-                precision = "fp32"
-            else:
-                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if precision == "fp16" and not on_cuda:
-            raise ValueError("precision='fp16' needs a CUDA device; use 'fp32' or 'auto'.")
-        self.precision = precision
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    @property
+    def networks(self):
+        """The four networks (``generator_ab``, ``generator_ba``, ``discriminator_a``,
+        ``discriminator_b``) as they train."""
+        return self.cyclegan.networks
+
+    @property
+    def precision(self) -> str:
+        """The precision training runs in (what ``"auto"`` picked): fp32, bf16 or fp16."""
+        return self.cyclegan.precision
 
     @property
     def is_main_process(self) -> bool:
@@ -338,115 +220,6 @@ class Trainer:
         train = self.config.train
         decay = max(0, step + 1 - train.n_steps) / (train.n_steps_decay + 1)
         return train.learning_rate * (1.0 - decay)
-
-    # ------------------------------------------------------------------ one step
-    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        train = self.config.train
-        batches = []
-        for domain in (self.domain_a, self.domain_b):
-            patches = [
-                domain.sample(stream, 1, train.crop_size, train.flip)
-                for stream in self.data_streams.values()
-            ]
-            batch = torch.from_numpy(np.concatenate(patches)).to(self.device)
-            if train.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            batches.append(batch)
-        return batches[0], batches[1]
-
-    def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
-        """fake_B = G(a), rec_A = F(G(a)), fake_A = F(b), rec_B = G(F(b)) and identities.
-
-        With ``batched_forward`` each generator runs on the concatenation of its inputs
-        (per-image norms make that the same mathematics in fewer, larger operations).
-        """
-        n = self._train_networks
-        out: dict[str, torch.Tensor] = {}
-        if self.batched_forward:
-            inputs = [real_b, real_a] if self.use_identity else [real_b]
-            f_outputs = n.generator_ba(torch.cat(inputs)).split(len(real_b))
-            out["fake_A"] = f_outputs[0]
-            inputs = [real_a, out["fake_A"]] + ([real_b] if self.use_identity else [])
-            g_outputs = n.generator_ab(torch.cat(inputs)).split(len(real_a))
-            out["fake_B"], out["rec_B"] = g_outputs[0], g_outputs[1]
-            out["rec_A"] = n.generator_ba(out["fake_B"])
-            if self.use_identity:
-                out["idt_A"], out["idt_B"] = f_outputs[1], g_outputs[2]
-        else:
-            out["fake_B"] = n.generator_ab(real_a)
-            out["rec_A"] = n.generator_ba(out["fake_B"])
-            out["fake_A"] = n.generator_ba(real_b)
-            out["rec_B"] = n.generator_ab(out["fake_A"])
-            if self.use_identity:
-                out["idt_A"] = n.generator_ba(real_a)
-                out["idt_B"] = n.generator_ab(real_b)
-        return out
-
-    def _discriminate(self, network: nn.Module, real: torch.Tensor, fake: torch.Tensor):
-        """The discriminator's predictions on real and fake images (one call if batched)."""
-        if self.batched_forward:
-            return network(torch.cat([real, fake])).split(len(real))
-        return network(real), network(fake)
-
-    def _train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
-        n, raw = self._train_networks, self.networks
-        train = self.config.train
-        lr = self.learning_rate(self.step)
-        for optimizer in (self.optimizer_g, self.optimizer_d):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        autocast = torch.autocast(
-            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        )
-
-        # Generators: fool the discriminators, close both cycles, keep identities.
-        # The discriminators are frozen and called unwrapped: no gradient of theirs to sync.
-        for network in (raw.discriminator_a, raw.discriminator_b):
-            network.requires_grad_(False)
-        with autocast:
-            out = self._generate(real_a, real_b)
-            losses: dict[str, torch.Tensor] = {}
-            if self.use_identity:
-                weight = train.lambda_identity
-                losses["identity_A"] = (
-                    cycle_loss(out["idt_A"], real_a) * train.lambda_cycle_a * weight
-                )
-                losses["identity_B"] = (
-                    cycle_loss(out["idt_B"], real_b) * train.lambda_cycle_b * weight
-                )
-            else:
-                losses["identity_A"] = losses["identity_B"] = real_a.new_zeros(())
-            losses["G_adversarial"] = self.gan_loss(raw.discriminator_b(out["fake_B"]), True)
-            losses["F_adversarial"] = self.gan_loss(raw.discriminator_a(out["fake_A"]), True)
-            losses["cycle_A"] = cycle_loss(out["rec_A"], real_a) * train.lambda_cycle_a
-            losses["cycle_B"] = cycle_loss(out["rec_B"], real_b) * train.lambda_cycle_b
-            generator_total = sum(losses[name] for name in _GENERATOR_LOSSES)
-        self.optimizer_g.zero_grad(set_to_none=True)
-        self._backward_and_step(generator_total, self.optimizer_g)
-
-        # Discriminators: real images against a history of fakes.
-        for network in (raw.discriminator_a, raw.discriminator_b):
-            network.requires_grad_(True)
-        with autocast:
-            for name, network, real, fake, pool in (
-                ("D_A", n.discriminator_a, real_a, out["fake_A"], self.pool_a),
-                ("D_B", n.discriminator_b, real_b, out["fake_B"], self.pool_b),
-            ):
-                on_real, on_fake = self._discriminate(network, real, pool.query(fake))
-                losses[name] = 0.5 * (self.gan_loss(on_real, True) + self.gan_loss(on_fake, False))
-        self.optimizer_d.zero_grad(set_to_none=True)
-        self._backward_and_step(losses["D_A"] + losses["D_B"], self.optimizer_d)
-        if self.scaler is not None:
-            self.scaler.update()
-        return {name: losses[name].detach() for name in LOSS_NAMES}
-
-    def _backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
 
     # ------------------------------------------------------------------ the loop
     def stop(self) -> None:
@@ -515,22 +288,14 @@ class Trainer:
     def _guarded_step(self) -> dict[str, torch.Tensor]:
         """One training step; running out of memory becomes advice, not a traceback."""
         try:
-            real_a, real_b = self._sample()
-            with ieee_float32() if self.precision == "fp32" else contextlib.nullcontext():
-                return self._train_step(real_a, real_b)
+            real_a, real_b = self.patches.sample(self.device, self.config.train.channels_last)
+            return self.cyclegan.training_step(real_a, real_b, self.learning_rate(self.step))
         except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(error):
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            train = self.config.train
-            raise TrainingOutOfMemory(
-                f"Out of memory on {self.device} at step {self.step + 1} (crop_size "
-                f"{train.crop_size}, batch_size {train.batch_size}, ngf "
-                f"{self.config.model.ngf}). Try a smaller crop_size or batch_size, a "
-                "narrower network (ngf/ndf), or another device; the model and checkpoint "
-                "of the steps done so far are saved."
-            ) from error
+            raise TrainingOutOfMemory.at(self.step + 1, self.device, self.config) from error
 
     def _maybe_preview(self, last: bool) -> dict[str, np.ndarray] | None:
         every = self.config.train.preview_every
@@ -546,11 +311,7 @@ class Trainer:
         losses = dict(zip(LOSS_NAMES, stacked.tolist(), strict=True))
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
-            raise TrainingDiverged(
-                f"Training diverged at step {self.step}: loss {', '.join(bad)} is not "
-                "finite. The last checkpoint is kept; try a lower learning rate or check "
-                "the images for extreme values."
-            )
+            raise TrainingDiverged.at(self.step, bad)
         self.last_losses = losses
         return losses
 
@@ -580,41 +341,27 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ outputs
-    @torch.inference_mode()
     def preview(self) -> dict[str, np.ndarray]:
         """G and F applied to the fixed preview patches, in each domain's values."""
-        n = self.networks
-        previews = {}
-        for name, network, real, source, target in (
-            ("B", n.generator_ab, self.preview_a, self.domain_a, self.domain_b),
-            ("A", n.generator_ba, self.preview_b, self.domain_b, self.domain_a),
-        ):
-            network.eval()
-            fake = network(real.to(self.device)).float().cpu().numpy()[0]
-            network.train()
-            real_name = "real_A" if name == "B" else "real_B"
-            previews[real_name] = source.norm.denormalize(real.numpy()[0])
-            previews[f"fake_{name}"] = target.norm.denormalize(fake)
-        return previews
+        real_a, real_b = self.patches.preview_a, self.patches.preview_b
+        fake_b, fake_a = self.cyclegan.preview(real_a, real_b)
+        return {
+            "real_A": self.domain_a.norm.denormalize(real_a.numpy()[0]),
+            "fake_B": self.domain_b.norm.denormalize(fake_b),
+            "real_B": self.domain_b.norm.denormalize(real_b.numpy()[0]),
+            "fake_A": self.domain_a.norm.denormalize(fake_a),
+        }
 
     @property
     def model(self) -> CycleStyleModel:
-        """The generators as they are now, with the domains' normalisations."""
-        n = self.networks
-        generator_ab, generator_ba = build_generators(self.config.model)
-        generator_ab.load_state_dict(n.generator_ab.state_dict())
-        generator_ba.load_state_dict(n.generator_ba.state_dict())
-        generator_ab.eval()
-        generator_ba.eval()
-        info = {"steps": self.step, "losses": self.last_losses, "version": __version__}
-        return CycleStyleModel(
-            self.config.model,
-            generator_ab,
-            generator_ba,
-            self.domain_a.norm,
-            self.domain_b.norm,
-            info,
-        )
+        """The generators as they are now (copies in eval mode), with the domains'
+        normalisations; built again only once training has moved on."""
+        if self._model is None or self._model[0] != self.cyclegan.updates:
+            info = {"steps": self.step, "losses": self.last_losses, "version": __version__}
+            norms = (self.domain_a.norm, self.domain_b.norm)
+            model = CycleStyleModel(self.config.model, *self.cyclegan.generators(), *norms, info)
+            self._model = (self.cyclegan.updates, model)
+        return self._model[1]
 
     def save(self) -> Path:
         """Write the model file and a checkpoint; return the model file's path.
@@ -635,68 +382,130 @@ class Trainer:
         """
         path = Path(path or self.checkpoint_path)
         local = {
-            "streams": {
-                str(slot): json.dumps(stream.bit_generator.state)
-                for slot, stream in self.data_streams.items()
-            },
-            "pools": {"A": self.pool_a.state_dict(), "B": self.pool_b.state_dict()},
+            "streams": self.patches.state(),
+            "pools": self.cyclegan.pool_state_dict(),
         }
         ranks = distributed.all_gather(local, self.context)
         if self.is_main_process:
-            state = {
-                "format": FORMAT_NAME + "-checkpoint",
-                "version": __version__,
-                "step": self.step,
-                "config": self.config.to_json(),
-                "norm_a": json.dumps(self.domain_a.norm.to_dict()),
-                "norm_b": json.dumps(self.domain_b.norm.to_dict()),
-                "networks": {
-                    name: network.state_dict() for name, network in self.networks.named().items()
+            TrainingCheckpoint(
+                step=self.step,
+                config=self.config,
+                norm_a=self.domain_a.norm,
+                norm_b=self.domain_b.norm,
+                model=self.cyclegan.state_dict(),
+                data_streams={
+                    slot: value for rank in ranks for slot, value in rank["streams"].items()
                 },
-                "optimizer_g": self.optimizer_g.state_dict(),
-                "optimizer_d": self.optimizer_d.state_dict(),
-                "data_streams": json.dumps(
-                    {slot: value for rank in ranks for slot, value in rank["streams"].items()}
-                ),
-                "pools": [rank["pools"] for rank in ranks],
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                # fp16's loss scale, learnt over the steps so far (empty in other precisions).
-                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "last_losses": json.dumps(self.last_losses),
-            }
-            save_checkpoint(state, path)
+                pools=[rank["pools"] for rank in ranks],
+                torch_rng=torch.get_rng_state(),
+                cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                last_losses=self.last_losses,
+            ).save(path)
         distributed.barrier(self.context)
         return path
 
-    def _restore(self, state: dict) -> None:
+    def _restore(self, checkpoint: TrainingCheckpoint) -> None:
         """Continue from a checkpoint (the networks' weights are loaded before wrapping)."""
         try:
-            self._restore_training_state(state)
+            self.cyclegan.load_state_dict(checkpoint.model)
+            # Another world size redistributes the patches' streams and the ranks' pools.
+            self.patches.restore(checkpoint.data_streams)
+            pools = checkpoint.pools
+            self.cyclegan.load_pool_state_dict(pools[self.context.rank % len(pools)])
+            torch.set_rng_state(checkpoint.torch_rng)
+            if checkpoint.cuda_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint.cuda_rng)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
             raise ModelFileError(
                 f"{self._resume_path}: a damaged training checkpoint ({error!r}); resume "
                 "from an earlier copy or start a new run."
             ) from error
+        self.step = checkpoint.step
+        self.last_losses = checkpoint.last_losses
 
-    def _restore_training_state(self, state: dict) -> None:
-        self.optimizer_g.load_state_dict(state["optimizer_g"])
-        self.optimizer_d.load_state_dict(state["optimizer_d"])
-        # Another world size redistributes the patches' streams and the ranks' pools.
-        streams = json.loads(state["data_streams"])
-        for slot, stream in self.data_streams.items():
-            if str(slot) in streams:
-                stream.bit_generator.state = json.loads(streams[str(slot)])
-        pools = state["pools"][self.context.rank % len(state["pools"])]
-        self.pool_a.load_state_dict(pools["A"], self.device)
-        self.pool_b.load_state_dict(pools["B"], self.device)
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if self.scaler is not None and state.get("grad_scaler"):  # older checkpoints: none
-            self.scaler.load_state_dict(state["grad_scaler"])
-        self.step = int(state["step"])
-        self.last_losses = json.loads(state["last_losses"])
+
+def _settings(
+    domain_a, domain_b, config: Config | None, checkpoint, resume, channel_axes
+) -> tuple[Config, Domain, Domain]:
+    """The run's configuration (a new one: the caller's is not changed) and domains."""
+    norm_a: IntensityNorm | str = "auto"
+    norm_b: IntensityNorm | str = "auto"
+    if checkpoint is None:
+        config = config or Config()
+    else:
+        saved = checkpoint.config
+        config = Config(model=saved.model, train=(config or saved).train)
+        norm_a, norm_b = checkpoint.norm_a, checkpoint.norm_b
+    if not isinstance(domain_a, Domain):
+        domain_a = Domain(domain_a, "A", channel_axes[0], norm_a)
+    if not isinstance(domain_b, Domain):
+        domain_b = Domain(domain_b, "B", channel_axes[1], norm_b)
+    if checkpoint is None:
+        channels = {"channels_a": domain_a.n_channels, "channels_b": domain_b.n_channels}
+        config = Config(model=dataclasses.replace(config.model, **channels), train=config.train)
+    for domain, expected in (
+        (domain_a, config.model.channels_a),
+        (domain_b, config.model.channels_b),
+    ):
+        if domain.n_channels != expected:
+            raise ValueError(
+                f"Domain {domain.name} has {domain.n_channels} channel(s) but the "
+                f"checkpoint {resume} was trained with {expected}."
+            )
+    multiple = size_multiple(config.model.generator)
+    if config.train.crop_size % multiple:
+        raise ValueError(
+            f"crop_size {config.train.crop_size} does not suit {config.model.generator}: "
+            f"use a multiple of {multiple}."
+        )
+    return config, domain_a, domain_b
+
+
+class _Patches:
+    """The training patches: one random stream per patch of the global batch (a patch
+    is the same whichever process draws it, so N processes train exactly like one with
+    the same batch), and fixed preview patches."""
+
+    def __init__(self, domain_a: Domain, domain_b: Domain, train, context) -> None:
+        self.domains, self.train = (domain_a, domain_b), train
+        local_batch = train.batch_size // context.world_size
+        first = context.rank * local_batch
+        self.streams = {
+            slot: np.random.default_rng([train.seed, slot])
+            for slot in range(first, first + local_batch)
+        }
+        preview_rng = np.random.default_rng([train.seed, 12345])
+        self.preview_a, self.preview_b = (
+            torch.from_numpy(domain.sample(preview_rng, 1, train.crop_size, augment=False))
+            for domain in self.domains
+        )
+
+    def sample(self, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+        """This process's share of a batch of each domain, on ``device``."""
+        batches = []
+        for domain in self.domains:
+            patches = [
+                domain.sample(stream, 1, self.train.crop_size, self.train.flip)
+                for stream in self.streams.values()
+            ]
+            batch = torch.from_numpy(np.concatenate(patches)).to(device)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            batches.append(batch)
+        return batches
+
+    def state(self) -> dict[str, str]:
+        """This process's streams' states (``str(slot)`` → JSON)."""
+        return {
+            str(slot): json.dumps(stream.bit_generator.state)
+            for slot, stream in self.streams.items()
+        }
+
+    def restore(self, states: dict[str, str]) -> None:
+        """Restore the streams of this process found in ``states`` (of any world size)."""
+        for slot, stream in self.streams.items():
+            if str(slot) in states:
+                stream.bit_generator.state = json.loads(states[str(slot)])
 
 
 def train(domain_a, domain_b, config: Config | None = None, **kwargs) -> Iterator[TrainEvent]:
