@@ -24,12 +24,15 @@ _EXPORTS = {
     "Trainer": "trainer",
     "TrainEvent": "trainer",
     "TrainingDiverged": "trainer",
+    "TrainingOutOfMemory": "trainer",
     "train": "trainer",
     "CycleStyleModel": "model",
     "load_model": "model_file",
     "save_model": "model_file",
     "ModelFileError": "model_file",
     "translate": "inference",
+    "TranslationOutOfMemory": "inference",
+    "CycleStyleError": "errors",
     "resolve_device": "devices",
 }
 
@@ -43,12 +46,15 @@ __all__ = [
     "Trainer",
     "TrainEvent",
     "TrainingDiverged",
+    "TrainingOutOfMemory",
     "train",
     "CycleStyleModel",
     "load_model",
     "save_model",
     "ModelFileError",
     "translate",
+    "TranslationOutOfMemory",
+    "CycleStyleError",
     "resolve_device",
 ]
 
@@ -56,10 +62,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import Config, ConfigError, ModelConfig, TrainConfig
     from .data import Domain
     from .devices import resolve_device
-    from .inference import translate
+    from .errors import CycleStyleError
+    from .inference import TranslationOutOfMemory, translate
     from .model import CycleStyleModel
     from .model_file import ModelFileError, load_model, save_model
-    from .trainer import Trainer, TrainEvent, TrainingDiverged, train
+    from .trainer import Trainer, TrainEvent, TrainingDiverged, TrainingOutOfMemory, train
 
 
 def __getattr__(name: str):

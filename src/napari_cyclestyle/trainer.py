@@ -30,6 +30,7 @@ from .config import Config
 from .cyclegan import LOSS_NAMES, CycleGAN
 from .data import Domain
 from .devices import is_out_of_memory
+from .errors import CycleStyleError, OutOfMemory
 from .intensity import IntensityNorm
 from .model import CycleStyleModel
 from .model_file import CHECKPOINT_SUFFIX, MODEL_SUFFIX, ModelFileError, save_model
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CycleStyleError, RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
 
     @classmethod
@@ -58,8 +59,8 @@ class TrainingDiverged(RuntimeError):
         )
 
 
-class TrainingOutOfMemory(RuntimeError):
-    """The device ran out of memory; the message says what to make smaller."""
+class TrainingOutOfMemory(OutOfMemory):
+    """The device ran out of memory while training; the model and checkpoint are saved."""
 
     @classmethod
     def at(cls, step: int, device: torch.device, config: Config) -> TrainingOutOfMemory:
@@ -236,6 +237,8 @@ class Trainer:
         ------
         TrainingDiverged
             If a loss becomes NaN/Inf; the previous checkpoint is kept.
+        TrainingOutOfMemory
+            If the device runs out of memory; the steps done so far are saved.
         """
         train = self.config.train
         total = train.total_steps
