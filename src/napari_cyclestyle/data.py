@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .intensity import IntensityNorm, check_finite, fit_intensity
+from .io import TIFF_SUFFIXES, list_images, read_image
 from .layout import ImageLayout, infer_layout, to_planes
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 # Images used to fit a domain's intensity normalisation (chosen evenly from the domain).
 _NORM_FIT_IMAGES = 8
 
@@ -180,76 +180,13 @@ def _expand(images, name: str) -> Iterable:
             yield item
 
 
-def list_images(folder: Path) -> list[Path]:
-    """The image files (see ``IMAGE_SUFFIXES``) in ``folder``, sorted by name.
-
-    Raises
-    ------
-    ValueError
-        If the folder holds none.
-    """
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"the folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return files
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file (TIFF with tifffile, others with imageio) into a numpy array.
-
-    Raises
-    ------
-    ValueError
-        If the file cannot be read as an image.
-    """
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(path))
-    except FileNotFoundError as error:
-        raise ValueError(f"{path} does not exist.") from error
-    except Exception as error:  # the readers raise many kinds for a corrupt file
-        raise ValueError(f"Cannot read {path} as an image: {error}") from error
-
-
-def open_zarr_image(path: str | os.PathLike):
-    """The image in a zarr store, opened lazily (read only): the array at ``path``, or in
-    a group (e.g. OME-Zarr) its full-resolution level ``"0"``.
-
-    Raises
-    ------
-    ValueError
-        If ``path`` is not a zarr store, or a group without an array ``"0"``.
-    """
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as error:  # zarr raises several kinds for a missing or bad store
-        raise ValueError(f"Cannot open {path} as a zarr array: {error}") from error
-    if isinstance(node, zarr.Array):
-        return node
-    if isinstance(node.get("0"), zarr.Array):
-        return node["0"]
-    names = ", ".join(sorted(name for name, _ in node.arrays())) or "none"
-    raise ValueError(
-        f"{path} is a zarr group without an array '0' (its arrays: {names}); "
-        f"give the array's own path, e.g. {Path(path) / 'name'}."
-    )
-
-
 # A few recently used files stay in memory: patches of one image are often drawn in a row.
 _read_file = functools.lru_cache(maxsize=4)(read_image)
 
 
 def _file_shape_dtype(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of an image file, from its header where the format allows."""
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if path.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
         try:
