@@ -79,12 +79,12 @@ def _pending_imports(monkeypatch, import_modules=None):
     """Replace the widgets' background imports with fresh ones, which the GUI thread
     sees as unfinished until its event loop runs; ``import_modules`` replaces the
     imports themselves."""
-    from napari_cyclestyle._widgets import _common
+    from napari_cyclestyle._widgets import _startup
 
     if import_modules is not None:
-        monkeypatch.setattr(_common, "_import_heavy_modules", import_modules)
-    imports = _common._BackgroundImports()
-    monkeypatch.setattr(_common, "_imports", imports)
+        monkeypatch.setattr(_startup, "_import_heavy_modules", import_modules)
+    imports = _startup._BackgroundImports()
+    monkeypatch.setattr(_startup, "_imports", imports)
     return imports
 
 

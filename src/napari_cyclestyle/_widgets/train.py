@@ -14,7 +14,6 @@ two preview layers. Scripts can do everything the buttons do::
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,33 +30,29 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 from superqt import QCollapsible
 
-from ..choices import DEVICES, GAN_MODES, GENERATORS, NORMS
-from ..config import Config, ModelConfig, TrainConfig
+from ..config import Config, ModelConfig, TrainConfig, settings
 from ._common import (
-    Failure,
     StopOnClose,
-    avoid_llvm_clash,
     describe_device_choice,
-    failures_yielded,
     format_seconds,
     image_data,
     image_layers,
-    import_in_background,
-    wait_for_imports,
 )
 from ._plots import LossPlot
 from ._registry import trained_models
+from ._startup import avoid_llvm_clash, import_in_background
+from ._workers import Failure, TrainingRun, training_worker
 
 if TYPE_CHECKING:
     import napari.viewer
 
-# A first try on a laptop CPU: visibly learns the sample domains in about a minute.
+# A first try on a laptop CPU: visibly learns the sample domains in about a minute. The
+# other fields start at the configuration's defaults, within its bounds (config.py).
 DEFAULTS = {
     "generator": "resnet_6blocks",
     "ngf": 16,
@@ -77,47 +72,25 @@ CHANNEL_AXIS_CHOICES = [
 PREVIEW_NAMES = {"G": "preview: a | G(a)", "F": "preview: b | F(b)"}
 
 
-class _Run:
-    """What the GUI thread and the training thread share for one run."""
-
-    def __init__(self) -> None:
-        self.trainer = None  # set by the worker as soon as it is built
-        self.stop_requested = threading.Event()
-        self.done = threading.Event()
-
-    def stop(self) -> None:
-        """Ask the trainer to finish after the current step (it then saves)."""
-        self.stop_requested.set()
-        if self.trainer is not None:
-            self.trainer.stop()
+def _initial(section: type, setting: str):
+    """A field's facts and its first value (the widget's own first try, else the
+    configuration's default)."""
+    facts = settings(section)[setting]
+    return facts, DEFAULTS.get(setting, facts.default)
 
 
-@thread_worker(ignore_errors=True)
-def _training_worker(run: _Run, domain_a, domain_b, config, output, resume, axis_a, axis_b):
-    """Build the trainer and yield its events; errors come out as :class:`Failure`."""
+def _number(section: type, setting: str, label: str, **options) -> SpinBox | FloatSpinBox:
+    """A spin box for a numeric setting, within the bounds the configuration gives it."""
+    facts, value = _initial(section, setting)
+    kind = FloatSpinBox if isinstance(facts.default, float) else SpinBox
+    low, high = facts.bounds
+    return kind(label=label, min=low, max=high, value=value, **options)
 
-    def steps():
-        wait_for_imports()
-        from ..trainer import Trainer
 
-        trainer = Trainer(
-            domain_a,
-            domain_b,
-            config,
-            output=output,
-            resume=resume,
-            channel_axis_a=axis_a,
-            channel_axis_b=axis_b,
-        )
-        run.trainer = trainer
-        if run.stop_requested.is_set():
-            trainer.stop()
-        yield from trainer.run()
-
-    try:
-        yield from failures_yielded(steps())
-    finally:
-        run.done.set()
+def _choice(section: type, setting: str, label: str, **options) -> ComboBox:
+    """A combo box offering a setting's choices."""
+    facts, value = _initial(section, setting)
+    return ComboBox(label=label, choices=facts.choices, value=value, **options)
 
 
 class TrainWidget(Container):
@@ -144,7 +117,7 @@ class TrainWidget(Container):
         self.worker = None
         self.model_path: Path | None = None
         self.last_event = None
-        self._run: _Run | None = None
+        self._run: TrainingRun | None = None
         self._closed = False
         self._added_layers: list = []
         self._preview_layers: dict = {}  # "G"/"F" → the preview layers of the last run
@@ -159,15 +132,11 @@ class TrainWidget(Container):
             select.native.setMaximumHeight(70)
 
         # ---------------------------------------------------------------- settings
-        self.generator = ComboBox(
-            label="generator", choices=GENERATORS, value=DEFAULTS["generator"], name="generator"
-        )
-        self.ngf = SpinBox(label="width (ngf)", min=1, max=512, value=DEFAULTS["ngf"])
-        self.crop_size = SpinBox(
-            label="crop size", min=16, max=4096, step=16, value=DEFAULTS["crop_size"]
-        )
-        self.n_steps = SpinBox(label="steps", min=1, max=10_000_000, value=DEFAULTS["n_steps"])
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.generator = _choice(ModelConfig, "generator", "generator", name="generator")
+        self.ngf = _number(ModelConfig, "ngf", "width (ngf)")
+        self.crop_size = _number(TrainConfig, "crop_size", "crop size", step=16)
+        self.n_steps = _number(TrainConfig, "n_steps", "steps")
+        self.device = _choice(TrainConfig, "device", "device")
         self.device_info = Label(label="")
         self.output = FileEdit(
             label="output file",
@@ -177,29 +146,19 @@ class TrainWidget(Container):
         )
 
         # ---------------------------------------------------------------- advanced
-        self.ndf = SpinBox(label="width D (ndf)", min=1, max=512, value=DEFAULTS["ndf"])
-        self.batch_size = SpinBox(label="batch size", min=1, max=1024, value=1)
-        self.n_steps_decay = SpinBox(
-            label="decay steps", min=0, max=10_000_000, value=DEFAULTS["n_steps_decay"]
-        )
-        self.learning_rate = FloatSpinBox(
-            label="learning rate", min=1e-7, max=1.0, step=1e-5, value=2e-4
-        )
+        self.ndf = _number(ModelConfig, "ndf", "width D (ndf)")
+        self.batch_size = _number(TrainConfig, "batch_size", "batch size")
+        self.n_steps_decay = _number(TrainConfig, "n_steps_decay", "decay steps")
+        self.learning_rate = _number(TrainConfig, "learning_rate", "learning rate", step=1e-5)
         self.learning_rate.native.setDecimals(6)
-        self.lambda_cycle = FloatSpinBox(label="λ cycle", min=0, max=1000, value=10.0)
-        self.lambda_identity = FloatSpinBox(
-            label="λ identity", min=0, max=100, step=0.1, value=0.5
-        )
-        self.gan_mode = ComboBox(label="adversarial loss", choices=GAN_MODES, value="lsgan")
-        self.norm = ComboBox(label="normalisation", choices=NORMS, value="instance")
-        self.preview_every = SpinBox(
-            label="preview every", min=0, max=1_000_000, value=DEFAULTS["preview_every"]
-        )
-        self.log_every = SpinBox(
-            label="plot losses every", min=1, max=1_000_000, value=DEFAULTS["log_every"]
-        )
-        self.checkpoint_every = SpinBox(label="checkpoint every", min=0, max=10_000_000, value=500)
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.lambda_cycle = _number(TrainConfig, "lambda_cycle_a", "λ cycle")
+        self.lambda_identity = _number(TrainConfig, "lambda_identity", "λ identity", step=0.1)
+        self.gan_mode = _choice(TrainConfig, "gan_mode", "adversarial loss")
+        self.norm = _choice(ModelConfig, "norm", "normalisation")
+        self.preview_every = _number(TrainConfig, "preview_every", "preview every")
+        self.log_every = _number(TrainConfig, "log_every", "plot losses every")
+        self.checkpoint_every = _number(TrainConfig, "checkpoint_every", "checkpoint every")
+        self.seed = _number(TrainConfig, "seed", "seed")
         self.channel_axis_a = ComboBox(label="channels A", choices=CHANNEL_AXIS_CHOICES)
         self.channel_axis_b = ComboBox(label="channels B", choices=CHANNEL_AXIS_CHOICES)
         self.resume = FileEdit(
@@ -372,7 +331,7 @@ class TrainWidget(Container):
             return
 
         avoid_llvm_clash()
-        self._run = run = _Run()
+        self._run = run = TrainingRun()
         self._added_layers = []
         self.model_path = None
         self.last_event = None
@@ -380,7 +339,7 @@ class TrainWidget(Container):
         self.progress.max = config.train.total_steps
         self.progress.value = 0
         self.status.value = "preparing the data and networks…"
-        worker = _training_worker(
+        worker = training_worker(
             run,
             domain_a,
             domain_b,
