@@ -6,6 +6,7 @@ plugin discovery) does not import torch:
 - :func:`train` / :class:`Trainer`: train G (A→B) and F (B→A), yielding progress events.
 - :func:`load_model`: our model files or reference CycleGAN ``.pth`` checkpoints.
 - :func:`translate`: apply G or F to an array of any size, dtype and layout.
+- :func:`export`: G and/or F as ONNX, TorchScript or a bioimage.io package.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _EXPORTS = {
     "ModelFileError": "model_file",
     "translate": "inference",
     "resolve_device": "devices",
+    "export": "exporting",
+    "ExportError": "exporting",
 }
 
 __all__ = [
@@ -50,12 +53,15 @@ __all__ = [
     "ModelFileError",
     "translate",
     "resolve_device",
+    "export",
+    "ExportError",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config, ConfigError, ModelConfig, TrainConfig
     from .data import Domain
     from .devices import resolve_device
+    from .exporting import ExportError, export
     from .inference import translate
     from .model import CycleStyleModel
     from .model_file import ModelFileError, load_model, save_model
