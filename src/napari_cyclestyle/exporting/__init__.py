@@ -206,6 +206,9 @@ def check_writable(path: Path) -> None:
     """Raise OSError (naming ``path``) when its folder cannot be made or written, so
     that an export fails before the work, not after it."""
     folder = path.parent
+    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise OSError(f"Could not write {path}: {blocking} is a file, not a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
