@@ -29,9 +29,11 @@ UINT16_B = IntensityNorm("percentile", (100.0, 200.0, 300.0), (3000.0, 3500.0, 4
 
 
 @pytest.fixture(autouse=True)
-def _offline_bioimageio(tmp_path, monkeypatch):
-    """bioimageio caches (and would download) into a folder of the test's own."""
-    monkeypatch.setenv("BIOIMAGEIO_CACHE_PATH", str(tmp_path / "bioimageio-cache"))
+def _bioimageio_cache(tmp_path, monkeypatch):
+    """bioimageio's cache (for downloads; the packages here refer to local files only,
+    and the tests pass without any network) goes to a folder of the test's own."""
+    settings = pytest.importorskip("bioimageio.spec._internal._settings").settings
+    monkeypatch.setattr(settings, "cache_path", tmp_path / "bioimageio-cache")
 
 
 def make_model(generator: str, norm_a=UINT8_A, norm_b=UINT16_B, seed: int = 0):

@@ -113,10 +113,16 @@ def _describe(model, direction, spec, inputs, outputs, folder: Path, authors):
     facts = metadata(model, direction)
     generator = "G" if direction == "AtoB" else "F"
     torch_version = spec.Version(torch.__version__.split("+")[0])
-    tolerance = _tolerance(spec, export_norms(model, direction)[1])
+    norm_in, norm_out = export_norms(model, direction)
+    tolerance = _tolerance(spec, norm_out)
     return spec.ModelDescr(
         name=f"CycleGAN {generator} {direction[0]} to {direction[-1]} {model.config.generator}",
-        description=facts["description"][:1024],
+        description=(
+            f"Translates domain {direction[0]} images ({norm_in.dtype}, {len(norm_in.low)} "
+            f"channel(s)) to domain {direction[-1]} ({norm_out.dtype}, {len(norm_out.low)}): "
+            f"the CycleGAN generator {generator} ({model.config.generator}) of a "
+            "napari-cyclestyle model, on whole planes of any size."
+        ),
         authors=[spec.Author(name=name) for name in (authors or [DEFAULT_AUTHOR])],
         cite=[spec.CiteEntry(text=CYCLEGAN_CITATION, doi=spec.Doi(CYCLEGAN_DOI))],
         license=spec.LicenseId(LICENSE),
@@ -265,7 +271,9 @@ def _bundled_sample(direction: str, n_channels: int, norm: IntensityNorm) -> np.
     ``(C, Y, X)``, in ``norm``'s range and dtype."""
     from .._sample_data import sample_domains, stain
 
-    domain_a, domain_b = sample_domains(TEST_SIDE)
+    # the whole 512-px images, subsampled: a view of the scene, not a corner of sky
+    domain_a, domain_b = sample_domains(4 * TEST_SIDE)
+    domain_a, domain_b = domain_a[:, ::4, ::4], domain_b[:, ::4, ::4]
     gray = domain_a[0] if direction == "AtoB" else domain_b[0].mean(-1).astype(np.uint8)
     rgb = stain(gray) if direction == "AtoB" else domain_b[0]
     if n_channels == 3:
