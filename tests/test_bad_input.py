@@ -131,3 +131,22 @@ def test_an_image_holding_nan_is_refused_with_advice():
     image[3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf.*nan_to_num"):
         translate(image, _tiny_model(1, False), device="cpu")
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (5, 0), (0, 6, 6), (2, 8, 0, 3)])
+def test_an_image_without_pixels_is_refused_naming_its_shape(shape):
+    with pytest.raises(ValueError, match=re.escape(f"shape {shape}")) as raised:
+        translate(np.zeros(shape, np.uint8), _tiny_model(1, False), device="cpu")
+    assert ADVICE.search(str(raised.value))
+
+
+@pytest.mark.parametrize("statistics", ["exact", "estimate", "tile"])
+def test_a_tile_smaller_than_the_generator_takes_is_refused_with_the_smallest(statistics):
+    image = np.arange(40 * 48, dtype=np.uint16).reshape(40, 48)
+    model = _tiny_model(1, True)
+    refusal = "gives 4-px tiles .* the smallest tile resnet_6blocks takes, 8 px"
+    with pytest.raises(ValueError, match=refusal) as raised:
+        translate(image, model, device="cpu", tile_size=3, statistics=statistics)
+    assert "tile_size=8" in str(raised.value)
+    result = translate(image, model, device="cpu", tile_size=8, statistics=statistics)
+    assert result.shape == image.shape and np.isfinite(result).all()

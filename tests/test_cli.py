@@ -13,6 +13,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_cyclestyle import __version__
 from napari_cyclestyle.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
@@ -319,3 +320,32 @@ def test_changing_the_architecture_on_resume_is_a_usage_error(trained, domains, 
 def test_unknown_option_exits_with_usage_code(capsys):
     assert main(["translate", "--no-such-option"]) == EXIT_USAGE
     assert "usage:" in capsys.readouterr().err
+
+
+def _out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_running_out_of_memory_in_training_is_one_error_line(
+    domains, tmp_path, monkeypatch, capsys
+):
+    from napari_cyclestyle.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_train_step", _out_of_memory)
+    model = tmp_path / "model.safetensors"
+    argv = ["train", "--domain-a", str(domains[0]), "--domain-b", str(domains[1]), *TINY]
+    assert main([*argv, "--steps", "2", "--output", str(model)]) == EXIT_ERROR
+    line = one_error_line(capsys.readouterr().err.split("\n", 1)[-1].split("\r")[-1])
+    assert "Out of memory" in line and "smaller crop_size" in line
+
+
+def test_running_out_of_memory_in_translation_is_one_error_line(
+    trained, domains, tmp_path, monkeypatch, capsys
+):
+    from napari_cyclestyle.inference import _Job
+
+    monkeypatch.setattr(_Job, "plane_steps", _out_of_memory)
+    source = domains[0] / "image0.tif"
+    assert main(["translate", str(trained), str(source), "-o", str(tmp_path)]) == EXIT_ERROR
+    line = one_error_line(capsys.readouterr().err.split("\r")[-1])
+    assert "Out of memory" in line and "tile_size" in line

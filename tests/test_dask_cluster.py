@@ -50,6 +50,7 @@ def workers_that_ran(client, run) -> set[str]:
     return {task["worker"] for task in tasks.data}
 
 
+@pytest.mark.numerics
 def test_a_local_cluster_of_two_workers_translates_a_zarr_stack_like_one_process(tmp_path, client):
     model = make_model()
     image = np.random.default_rng(0).integers(0, 4096, (6, 48, 40)).astype(np.uint16)
@@ -64,6 +65,7 @@ def test_a_local_cluster_of_two_workers_translates_a_zarr_stack_like_one_process
     np.testing.assert_array_equal(result, expected)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("generator", ["resnet_6blocks", "unet_128"])
 def test_tiles_of_one_plane_spread_over_workers_equal_the_whole_plane(tmp_path, client, generator):
     model = make_model(generator, dtype="float32")
@@ -106,6 +108,7 @@ def test_output_with_chunks_unlike_the_tiles_is_written_whole(tmp_path, client):
     assert np.abs(output[:] - whole).max() <= 1e-5
 
 
+@pytest.mark.numerics
 def test_estimated_statistics_on_a_cluster_equal_those_of_one_process(tmp_path, client):
     model = make_model(dtype="float32")
     image = np.random.default_rng(3).random((200, 180)).astype(np.float32)

@@ -147,3 +147,23 @@ def test_translating_with_a_loaded_reference_model_keeps_uint8(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8)
     out = translate(image, tmp_path / "latest_net_G_A.pth", "AtoB", device="cpu")
     assert out.shape == image.shape and out.dtype == np.uint8
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_new_model_file_gets_the_permissions_of_the_users_umask(tmp_path, umask, expected):
+    previous = os.umask(umask)
+    try:
+        path = save_model(_model(), tmp_path / "model.safetensors")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == expected
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_replaced_model_file_keeps_its_permissions(tmp_path):
+    path = save_model(_model(), tmp_path / "model.safetensors")
+    path.chmod(0o640)
+    save_model(_model("encoder_decoder"), path)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert load_model(path).config.generator == "encoder_decoder"

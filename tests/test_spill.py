@@ -98,6 +98,7 @@ def test_cells_go_through_the_page_cache_where_direct_io_is_refused(tmp_path, mo
     assert len(refused) <= 1  # asked once, then remembered
 
 
+@pytest.mark.numerics
 def test_exact_tiles_spill_without_direct_io_and_stay_exact(tmp_path, monkeypatch):
     model = make_model("resnet_6blocks", 1)
     image = photo(192, 256, rgb=False)

@@ -55,6 +55,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(4 / mse))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("generator", "rgb", "shape", "tile_sizes"),
     [
@@ -75,6 +76,7 @@ def test_exact_tiles_equal_whole_image(generator, rgb, shape, tile_sizes):
         assert max_error(tiled, whole) <= 1e-3, (generator, tile_size)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("device", DEVICES)
 def test_exact_tiles_equal_whole_image_768x1024(device):
     model = make_model("resnet_6blocks", 3)
@@ -94,6 +96,7 @@ def test_cuda_translates_like_the_cpu(generator):
     assert max_error(on_cuda, on_cpu) <= 1e-3
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 @pytest.mark.parametrize("generator", ["resnet_9blocks", "unet_256"])
 @pytest.mark.parametrize("rgb", [True, False])
@@ -117,6 +120,7 @@ def test_naive_tiles_differ_from_whole_image():
     assert max_error(naive, whole) > 100 * max_error(exact, whole)
 
 
+@pytest.mark.numerics
 def test_estimated_statistics_reach_40_db():
     model = make_model("resnet_9blocks", 1)
     image = texture(384, 512)
@@ -133,6 +137,7 @@ def test_estimated_statistics_reach_40_db():
     assert psnr(estimated, whole) >= 40
 
 
+@pytest.mark.numerics
 def test_networks_without_instance_norm_tile_exactly():
     for norm in ("batch", "none"):
         model = make_model("resnet_6blocks", 1, norm=norm)
@@ -190,6 +195,7 @@ def test_activations_spill_to_scratch_and_are_removed(tmp_path: Path):
     assert max_error(result, whole) <= 1e-3
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("generator", "shape", "rgb"),
     [("resnet_6blocks", (192, 256), False), ("unet_128", (256, 384), True)],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,7 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("device", "precision", "channels_last"),
     [
@@ -185,16 +188,21 @@ def _train_weights(
     return _weights(trainer)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("device", DEVICES)
 def test_batched_forward_gives_the_same_weights_as_one_call_per_image_set(tmp_path, device):
     rng = np.random.default_rng(3)
     domains = (rng.integers(0, 256, (40, 40), np.uint8), rng.integers(0, 256, (40, 40), np.uint8))
+    # One step: the two paths compute the same gradients up to rounding (the kernels sum
+    # a batch of two in another order than two batches of one), and from the second step
+    # on Adam's near sign-like updates (beta1 0.5) amplify that rounding into differences
+    # of about the learning rate, by amounts that depend on the CPU's kernels.
     trained = {
         batched: _train_weights(
             tmp_path,
             domains,
             str(batched),
-            steps=3,
+            steps=1,
             batched_forward=batched,
             device=device,
             precision="fp32",
@@ -202,20 +210,22 @@ def test_batched_forward_gives_the_same_weights_as_one_call_per_image_set(tmp_pa
         )
         for batched in (False, True)
     }
-    assert_trained_alike(trained[False], trained[True], 2e-4, steps=3)
+    assert_trained_alike(trained[False], trained[True], 2e-4, steps=1)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("device", DEVICES)
 def test_channels_last_gives_the_same_weights_and_a_usable_model(tmp_path, device):
     rng = np.random.default_rng(4)
     domains = (rng.integers(0, 256, (40, 40), np.uint8), rng.integers(0, 256, (40, 40), np.uint8))
-    # On CUDA, cuDNN picks other algorithms for NHWC, and from the second step on Adam
-    # amplifies their rounding (see test_a_compiled_step_gives_the_same_weights).
-    steps = 3 if device == "cpu" else 1
-    settings = {"steps": steps, "device": device, "precision": "fp32", "deterministic": True}
+    # One step: oneDNN (and cuDNN) pick other kernels for NHWC, whose rounding depends
+    # on the CPU's instruction set (equal results with AVX-512, 24 % of the conv weights
+    # off by more than 1e-5 after three steps with AVX2), and from the second step on
+    # Adam amplifies it (see test_batched_forward_gives_the_same_weights_...).
+    settings = {"steps": 1, "device": device, "precision": "fp32", "deterministic": True}
     plain = _train_weights(tmp_path, domains, "plain", **settings)
     nhwc = _train_weights(tmp_path, domains, "nhwc", channels_last=True, **settings)
-    assert_trained_alike(plain, nhwc, 2e-4, steps=steps)
+    assert_trained_alike(plain, nhwc, 2e-4, steps=1)
     translated = translate(domains[0], load_model(tmp_path / "nhwc.safetensors"), device="cpu")
     assert translated.shape == domains[0].shape
 
@@ -336,6 +346,7 @@ def test_networks_that_cannot_be_compiled_train_uncompiled(tmp_path, gray_domain
         assert torch.equal(expected[key], actual[key]), key
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_a_compiled_step_gives_the_same_weights(tmp_path, gray_domains):
     # One step: the compiler computes the norms in another order, and from the second
@@ -344,3 +355,21 @@ def test_a_compiled_step_gives_the_same_weights(tmp_path, gray_domains):
     expected = _train_weights(tmp_path, gray_domains, "plain", steps=1)
     actual = _train_weights(tmp_path, gray_domains, "compiled", steps=1, compile=True)
     assert_trained_alike(expected, actual, 2e-4, steps=1)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_the_model_and_checkpoint_get_the_permissions_of_the_users_umask(tmp_path, gray_domains):
+    previous = os.umask(0o002)  # a lab's shared folder: the group may read and write
+    try:
+        list(
+            train(
+                *gray_domains,
+                tiny_config(n_steps=1, n_steps_decay=0),
+                output=tmp_path / "m.safetensors",
+            )
+        )
+    finally:
+        os.umask(previous)
+    written = sorted(tmp_path.iterdir())
+    assert [p.name for p in written] == ["m.checkpoint.pt", "m.safetensors"]
+    assert [p.stat().st_mode & 0o777 for p in written] == [0o664, 0o664]

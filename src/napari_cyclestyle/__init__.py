@@ -25,12 +25,15 @@ _EXPORTS = {
     "Trainer": "trainer",
     "TrainEvent": "trainer",
     "TrainingDiverged": "trainer",
+    "TrainingOutOfMemory": "trainer",
     "train": "trainer",
     "CycleStyleModel": "model",
     "load_model": "model_file",
     "save_model": "model_file",
     "ModelFileError": "model_file",
     "translate": "inference",
+    "TranslationOutOfMemory": "inference",
+    "CycleStyleError": "errors",
     "resolve_device": "devices",
     "export": "exporting",
     "ExportError": "exporting",
@@ -46,12 +49,15 @@ __all__ = [
     "Trainer",
     "TrainEvent",
     "TrainingDiverged",
+    "TrainingOutOfMemory",
     "train",
     "CycleStyleModel",
     "load_model",
     "save_model",
     "ModelFileError",
     "translate",
+    "TranslationOutOfMemory",
+    "CycleStyleError",
     "resolve_device",
     "export",
     "ExportError",
@@ -61,11 +67,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import Config, ConfigError, ModelConfig, TrainConfig
     from .data import Domain
     from .devices import resolve_device
+    from .errors import CycleStyleError
     from .exporting import ExportError, export
-    from .inference import translate
+    from .inference import TranslationOutOfMemory, translate
     from .model import CycleStyleModel
     from .model_file import ModelFileError, load_model, save_model
-    from .trainer import Trainer, TrainEvent, TrainingDiverged, train
+    from .trainer import Trainer, TrainEvent, TrainingDiverged, TrainingOutOfMemory, train
 
 
 def __getattr__(name: str):

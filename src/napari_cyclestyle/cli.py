@@ -44,6 +44,7 @@ from .config import (
     ModelConfig,
     TrainConfig,
 )
+from .errors import CycleStyleError
 
 if TYPE_CHECKING:
     from .model import CycleStyleModel
@@ -1080,8 +1081,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version and usage errors
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     run: Callable[[argparse.Namespace], int] = args.run
-    from .trainer import TrainingDiverged
-
     try:
         with _torch_threads(getattr(args, "threads", None)):
             return run(args)
@@ -1090,7 +1089,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (UsageError, ConfigError) as error:
         return _fail(error, EXIT_USAGE)
-    except (ValueError, OSError, TrainingDiverged) as error:
+    except MemoryError as error:  # numpy's and Python's allocations; torch's are OutOfMemory
+        return _fail(MemoryError(f"out of memory ({error or 'no details'})"), EXIT_ERROR)
+    except (ValueError, OSError, CycleStyleError) as error:
         return _fail(error, EXIT_ERROR)
 
 

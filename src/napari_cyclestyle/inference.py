@@ -29,6 +29,7 @@ from torch.nn import functional
 
 from . import tiling
 from .devices import exact_inference, is_out_of_memory, resolve_device
+from .errors import OutOfMemory
 from .intensity import IntensityNorm, check_finite, fit_intensity
 from .layout import ImageLayout, from_planes, infer_layout, to_planes
 from .model import CycleStyleModel, parse_direction
@@ -93,8 +94,10 @@ def translate(
     tile_size : int, "auto" or None
         ``"auto"``: tile only planes whose forward pass would not fit ``memory_budget``,
         with the largest tile that fits (on the CPU at most 256 px, which runs faster
-        there). An int: always tile, with tiles of that side
-        (pixels). None: never tile.
+        there). An int: always tile, with tiles of that side (pixels), rounded up to the
+        generator's size multiple (4 for the ResNets, 8 for encoder_decoder, 128 and
+        256 for the U-Nets); a tile smaller than the generator takes (twice the
+        multiple for the ResNets and encoder_decoder) is refused. None: never tile.
     overlap : int, optional
         Overlap between tiles in the blended modes (``statistics="estimate"`` or
         ``"tile"``); default 64 px. The exact mode needs none.
@@ -137,8 +140,11 @@ def translate(
     Raises
     ------
     ValueError
-        If the image's channels, shape or values do not fit the model, or an option is
-        out of range.
+        If the image's channels, shape or values do not fit the model (an image with no
+        pixels included), or an option is out of range (a tile smaller than the
+        generator takes included).
+    TranslationOutOfMemory
+        If the device runs out of memory; the message says what to make smaller.
     """
     options = {
         "device": device,
@@ -305,7 +311,7 @@ def _cluster_client(output):
         return None
 
 
-class TranslationOutOfMemory(RuntimeError):
+class TranslationOutOfMemory(OutOfMemory):
     """The device ran out of memory while translating; the message says what to change."""
 
 
@@ -376,6 +382,11 @@ class _Job:
         self.network = model.generator(direction)
         in_channels, self.out_channels = model.channels(direction)
         image = _as_array(image)
+        if 0 in image.shape:
+            raise ValueError(
+                f"The image has shape {tuple(image.shape)}, with no pixels to translate; "
+                "give an image with at least one pixel along every axis."
+            )
         self.layout = infer_layout(image.shape, channel_axis, expected_channels=in_channels)
         self.planes = to_planes(image, self.layout)
         self.n_planes = self.layout.n_planes
@@ -399,11 +410,8 @@ class _Job:
                 )
             else:
                 tile_size = None
-        elif isinstance(tile_size, str):
-            raise ValueError(
-                f"tile_size must be 'auto', a number of pixels or None, got {tile_size!r}."
-            )
         if tile_size is not None:
+            self._check_tile_size(tile_size, model.config.generator)
             # Stored activations get what the tile's forward leaves, and at least half:
             # the more of them stay in RAM, the less goes through scratch files.
             tile_bytes = tiling.forward_bytes_per_pixel(self.network) * tile_size**2
@@ -428,6 +436,21 @@ class _Job:
             )
         self.steps_per_plane = 1 if self.translator is None else self.translator.n_steps
         self.output_shape = self.layout.output_shape(self.out_channels)
+
+    def _check_tile_size(self, tile_size: object, generator: str) -> None:
+        """Refuse a tile the generator cannot take (its blended modes would fail on it)."""
+        if isinstance(tile_size, bool) or not isinstance(tile_size, int):
+            raise ValueError(
+                f"tile_size must be 'auto', a number of pixels or None, got {tile_size!r}."
+            )
+        rounded = -(-tile_size // self.multiple) * self.multiple
+        if rounded < self.minimum:
+            raise ValueError(
+                f"tile_size={tile_size} gives {rounded}-px tiles (a multiple of "
+                f"{self.multiple}), smaller than the smallest tile {generator} takes, "
+                f"{self.minimum} px; pass tile_size={self.minimum} or more, or None to "
+                "translate whole planes."
+            )
 
     @property
     def tile_size(self) -> int | None:

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,7 +63,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     (disk full, interruption) the old file is left as it was. The temporary file
     (``.<name>.<pid>.<random>.tmp`` beside ``path``) is flushed to disk before the
     rename, and the folder after it. Temporary files of earlier writers of ``path``
-    that were killed mid-write are removed first.
+    that were killed mid-write are removed first. The file gets the permissions of the
+    file it replaces, or those the user's umask gives a new file (not the temporary
+    file's private ``0600``), so that a model saved in a shared folder stays shared.
 
     Raises
     ------
@@ -76,6 +79,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
     )
     try:
+        if os.name == "posix":
+            os.fchmod(handle, _mode_for(path))
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -87,6 +92,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             raise OSError(error.errno, f"Could not write {path}: {error.strerror}") from error
         raise
     _sync_folder(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits ``path`` should have: its current ones, or a new file's."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:  # Linux: reading it is free of the race that setting it to read it has
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove_stale_temporaries(path: Path) -> None:

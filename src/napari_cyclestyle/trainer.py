@@ -25,6 +25,7 @@ from .config import Config
 from .data import Domain
 from .devices import ieee_float32, is_out_of_memory
 from .distributed import wrap
+from .errors import CycleStyleError, OutOfMemory
 from .intensity import IntensityNorm
 from .losses import GANLoss, ImagePool, cycle_loss
 from .model import CycleStyleModel, build_generators
@@ -79,12 +80,12 @@ class _CompiledOrEager:
         return self.network(batch)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CycleStyleError, RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-class TrainingOutOfMemory(RuntimeError):
-    """The device ran out of memory; the message says what to make smaller."""
+class TrainingOutOfMemory(OutOfMemory):
+    """The device ran out of memory while training; the model and checkpoint are saved."""
 
 
 @dataclass
@@ -463,6 +464,8 @@ class Trainer:
         ------
         TrainingDiverged
             If a loss becomes NaN/Inf; the previous checkpoint is kept.
+        TrainingOutOfMemory
+            If the device runs out of memory; the steps done so far are saved.
         """
         train = self.config.train
         total = train.total_steps

@@ -152,9 +152,12 @@ class Failure:
     @property
     def message(self) -> str:
         from ..devices import is_out_of_memory
+        from ..errors import OutOfMemory
 
         text = str(self.error) or type(self.error).__name__
         # The core's own out-of-memory errors carry advice already; raw ones get it here.
+        if isinstance(self.error, OutOfMemory):
+            return text
         if isinstance(self.error, MemoryError) or is_out_of_memory(self.error):
             text += (
                 " — out of memory: try a smaller crop size, batch size or width, or device 'cpu'."
