@@ -324,3 +324,10 @@ def test_other_architectures_export_faithfully(tmp_path, generator, norm, dropou
             script_out = script(torch.from_numpy(image[None])).numpy()
         assert np.abs(onnx_out[0] - expected).max() < 1e-4
         assert np.abs(script_out[0] - expected).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_reference_checkpoint_exports_a_bioimageio_package(one_sided_reference, tmp_path):
+    (path,) = export(one_sided_reference, tmp_path / "reference.zip", "bioimageio")
+    check_package(path, load_model(one_sided_reference), "AtoB")
+    assert "uint8" in package_tensors(path)[1]
