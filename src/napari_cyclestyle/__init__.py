@@ -6,6 +6,7 @@ plugin discovery) does not import torch:
 - :func:`train` / :class:`Trainer`: train G (A→B) and F (B→A), yielding progress events.
 - :func:`load_model`: our model files or reference CycleGAN ``.pth`` checkpoints.
 - :func:`translate`: apply G or F to an array of any size, dtype and layout.
+- :func:`export`: G and/or F as ONNX, TorchScript or a bioimage.io package.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _EXPORTS = {
     "TranslationOutOfMemory": "inference",
     "CycleStyleError": "errors",
     "resolve_device": "devices",
+    "export": "exporting",
+    "ExportError": "exporting",
 }
 
 __all__ = [
@@ -56,6 +59,8 @@ __all__ = [
     "TranslationOutOfMemory",
     "CycleStyleError",
     "resolve_device",
+    "export",
+    "ExportError",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data import Domain
     from .devices import resolve_device
     from .errors import CycleStyleError
+    from .exporting import ExportError, export
     from .inference import TranslationOutOfMemory, translate
     from .model import CycleStyleModel
     from .model_file import ModelFileError, load_model, save_model

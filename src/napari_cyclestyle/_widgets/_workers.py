@@ -93,7 +93,7 @@ def training_worker(run: TrainingRun, domain_a, domain_b, config, output, resume
 
 
 class TranslationRun:
-    """What the GUI thread and a translation's worker thread share.
+    """What the GUI thread and a translation's (or an export's) worker thread share.
 
     Cancelling goes through ``cancelled`` rather than the worker's ``quit()``: superqt
     abandons a quit generator without closing it, which would leave the core's
@@ -133,5 +133,21 @@ def translate_worker(data, model, direction: str, device: str, channel_axis, sta
                 yield step
         finally:
             steps.close()  # ends the core's translation: its scratch files go
+    finally:
+        state.done.set()
+
+
+@thread_worker(ignore_errors=True)
+def export_worker(model, path, format_name: str, direction: str, state: TranslationRun):
+    """Yield the core's export steps; errors come out as :class:`Failure`."""
+    wait_for_imports()
+    from ..exporting import export_steps
+
+    state.started.set()
+    try:
+        for step in failures_yielded(export_steps(model, path, format_name, direction)):
+            if state.cancelled.is_set():
+                return
+            yield step
     finally:
         state.done.set()

@@ -9,6 +9,10 @@ with the input's spatial metadata. The input layer is never modified. Scripts::
     widget.direction.value = "AtoB"
     widget.image.value = viewer.layers["domain A (brightfield)"]
     widget.run()
+
+The "Export…" button writes the chosen model's direction as ONNX, TorchScript or a
+bioimage.io package (``export_format``, ``export_file``; :meth:`export_model`), in a
+worker too.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ._common import (
 )
 from ._registry import TrainedModel, trained_models
 from ._startup import avoid_llvm_clash, import_in_background
-from ._workers import Failure, TranslationRun, translate_worker
+from ._workers import Failure, TranslationRun, export_worker, translate_worker
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -39,6 +43,13 @@ if TYPE_CHECKING:
 FROM_FILE = "model file…"
 DIRECTIONS = {"AtoB": "G: A → B", "BtoA": "F: B → A"}
 _SPATIAL_ATTRIBUTES = ("scale", "translate", "axis_labels", "units")
+
+
+EXPORT_FORMATS = {
+    "onnx": "ONNX",
+    "torchscript": "TorchScript",
+    "bioimageio": "bioimage.io package",
+}
 
 
 class TranslateWidget(Container):
@@ -65,6 +76,7 @@ class TranslateWidget(Container):
         self.viewer = viewer
         self.worker = None
         self.last_layer = None
+        self.last_export: list[Path] = []
         self.loaded_model = None  # the CycleStyleModel in use
         self._loaded_key: Any = None
         self._closed = False
@@ -90,6 +102,11 @@ class TranslateWidget(Container):
             layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button]
         )
         self.buttons.margins = (0, 0, 0, 0)
+        self.export_format = ComboBox(
+            label="export as", choices=[(text, key) for key, text in EXPORT_FORMATS.items()]
+        )
+        self.export_file = FileEdit(label="export file", mode="w", nullable=True)
+        self.export_button = PushButton(text="Export…")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="", value="")
         self.extend(
@@ -102,6 +119,9 @@ class TranslateWidget(Container):
                 self.device,
                 self.device_info,
                 self.buttons,
+                self.export_format,
+                self.export_file,
+                self.export_button,
                 self.progress,
                 self.status,
             ]
@@ -111,6 +131,7 @@ class TranslateWidget(Container):
         self.model_file.changed.connect(self._on_model_choice)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.export_button.changed.connect(self.export_model)
         self.device.changed.connect(self._show_device)
         self._show_device()
         events = viewer.layers.events
@@ -254,6 +275,45 @@ class TranslateWidget(Container):
         self._set_controls(running=True)
         worker.start()
 
+    def export_model(self, _=None) -> None:
+        """Export the chosen model's direction to ``export_file`` as ``export_format``.
+        Problems are shown as notifications; :attr:`last_export` lists the files."""
+        if self.is_running:
+            return
+        try:
+            model = self._load_model()
+            path = self.export_file.value
+            if path is None or not str(path).strip():
+                raise ValueError("Choose the export file.")
+        except ValueError as error:
+            show_error(str(error))
+            return
+        self.progress.value = 0
+        self.status.value = "exporting…"
+        self._state = TranslationRun()
+        worker = export_worker(
+            model, Path(path), self.export_format.value, self.direction.value, self._state
+        )
+        worker.yielded.connect(self._on_export_step)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_controls(running=True)
+        worker.start()
+
+    def _on_export_step(self, step) -> None:
+        if self._closed or self.worker is None or self._state.cancelled.is_set():
+            return
+        if isinstance(step, Failure):
+            show_error(f"Export failed: {step.message}")
+            self.status.value = "export failed: " + step.message
+            return
+        self.progress.max = step.total
+        self.progress.value = step.done
+        self.status.value = step.message
+        if step.done == step.total:
+            self.last_export = step.paths
+            self.status.value = "exported " + ", ".join(str(p) for p in step.paths)
+
     def _add_lazy(self, data, job: dict, channel_axis) -> None:
         """A dask-backed layer gives a lazy result: napari computes the planes it shows."""
         from ..inference import translate
@@ -306,6 +366,7 @@ class TranslateWidget(Container):
 
     def _set_controls(self, running: bool) -> None:
         self.run_button.enabled = not running
+        self.export_button.enabled = not running
         self.cancel_button.enabled = running
 
     def _add_result(self, result, job: dict):

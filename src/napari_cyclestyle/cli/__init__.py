@@ -1,4 +1,4 @@
-"""The ``napari-cyclestyle`` command: ``train``, ``translate``, ``info`` and ``demo``.
+"""The ``napari-cyclestyle`` command: ``train``, ``translate``, ``info``, ``export`` and ``demo``.
 
 A thin front end over the core calls (:class:`~napari_cyclestyle.trainer.Trainer`,
 :func:`~napari_cyclestyle.model_file.load_model`,

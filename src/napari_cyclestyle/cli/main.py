@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from .. import __version__
 from ..config import ConfigError
 from ..errors import CycleStyleError
-from . import demo, info, train, translate
+from . import demo, export, info, train, translate
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, UsageError
 
 
@@ -20,14 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Unpaired image-to-image translation (CycleGAN): train, translate, "
-        "inspect models, or run the one-minute demo.",
+        "inspect and export models, or run the one-minute demo.",
         epilog=f"Exit codes: {EXIT_OK} success, {EXIT_ERROR} error, {EXIT_USAGE} usage error, "
         f"{EXIT_INTERRUPTED} training stopped with Ctrl-C (model and checkpoint saved). "
         f"Run '{PROG} COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for command in (train, translate, info, demo):
+    for command in (train, translate, info, export, demo):
         command.add_parser(subparsers)
     return parser
 
