@@ -2,8 +2,9 @@
 
 A checkpoint is a torch file of tensors and plain values only (it loads with
 ``weights_only=True``, running no code): the step reached, the configuration, both
-domains' normalisations, the four networks with their optimisers and loss scale, every
-patch stream's random state, each rank's history pools and torch's random states.
+domains' normalisations, the four networks with their optimisers and loss scale, the
+generators' weight averages (with ``ema_decay``), every patch stream's random state,
+each rank's history pools and torch's random states.
 :class:`TrainingCheckpoint` writes it, reads it back and validates it; nothing read from
 a file is trusted.
 """
@@ -64,7 +65,7 @@ class TrainingCheckpoint:
         The domains' intensity normalisations.
     model : dict
         :meth:`napari_cyclestyle.cyclegan.CycleGAN.state_dict`: ``networks``,
-        ``optimizer_g``, ``optimizer_d``, ``grad_scaler``.
+        ``optimizer_g``, ``optimizer_d``, ``grad_scaler``, ``ema``.
     data_streams : dict
         Each patch slot's random stream (``str(slot)`` → its bit generator's state as
         JSON), over all ranks.
@@ -111,6 +112,7 @@ class TrainingCheckpoint:
             "cuda_rng": self.cuda_rng,
             "grad_scaler": self.model["grad_scaler"],
             "last_losses": json.dumps(self.last_losses),
+            **({"ema": self.model["ema"]} if self.model.get("ema") else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -141,6 +143,17 @@ class TrainingCheckpoint:
             if not isinstance(state["networks"].get(name), Mapping):
                 raise ModelFileError(f"{path}: a damaged training checkpoint (no {name} weights).")
             check_state(network, state["networks"][name], f"{path} ({name})")
+        averages = state.get("ema") or {}
+        if not isinstance(averages, Mapping):
+            raise ModelFileError(f"{path}: a damaged training checkpoint (ema is not a dict).")
+        for name, average in averages.items():
+            if name not in ("G", "F") or not isinstance(average, Mapping):
+                raise ModelFileError(f"{path}: a damaged training checkpoint (ema {name!r}).")
+            if not isinstance(average.get("updates"), int) or not isinstance(
+                average.get("weights"), Mapping
+            ):
+                raise ModelFileError(f"{path}: a damaged training checkpoint (ema {name}).")
+            check_state(described[name], average["weights"], f"{path} (ema of {name})")
         return cls.from_state(state, path)
 
     @classmethod
@@ -170,6 +183,7 @@ class TrainingCheckpoint:
                     "optimizer_g": state["optimizer_g"],
                     "optimizer_d": state["optimizer_d"],
                     "grad_scaler": state.get("grad_scaler") or {},
+                    "ema": state.get("ema") or {},  # older checkpoints: none
                 },
                 data_streams=data_streams,
                 pools=state["pools"],

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .choices import DEVICES, DISCRIMINATORS, GAN_MODES, GENERATORS, NORMS, PRECISIONS
+from .choices import (
+    DEVICES,
+    DIFF_AUGMENTS,
+    DISCRIMINATORS,
+    GAN_MODES,
+    GENERATORS,
+    NORMS,
+    PRECISIONS,
+    UPSAMPLINGS,
+)
 
 
 class ConfigError(ValueError):
@@ -61,6 +70,14 @@ class ModelConfig:
         ``instance`` (the CycleGAN default), ``batch`` or ``none``.
     dropout : bool
         Dropout(0.5) in the generators' residual / middle U-Net blocks.
+    upsampling : str
+        How the generators up-sample: ``transposed`` (stride-2 transposed convolutions,
+        the paper's and the reference's layout) or ``resize`` (nearest-neighbour ×2,
+        then a 3×3 convolution: Odena et al. 2016's cure for checkerboard artefacts).
+        Model files written before this option existed load as ``transposed``.
+    spectral_norm : bool
+        Spectral normalisation (Miyato et al. 2018) of every convolution of the
+        discriminators, keeping each layer's largest singular value near 1.
     """
 
     generator: str = "resnet_9blocks"
@@ -72,16 +89,20 @@ class ModelConfig:
     n_layers_discriminator: int = 3
     norm: str = "instance"
     dropout: bool = False
+    upsampling: str = "transposed"
+    spectral_norm: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("generator", self.generator, GENERATORS)
+        _check_choice("upsampling", self.upsampling, UPSAMPLINGS)
         _check_choice("discriminator", self.discriminator, DISCRIMINATORS)
         _check_choice("norm", self.norm, NORMS)
         for name in ("channels_a", "channels_b", "ngf", "ndf", "n_layers_discriminator"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name))
-        if not isinstance(self.dropout, bool):
-            raise ConfigError(f"dropout must be true or false, got {self.dropout!r}.")
+        for name in ("dropout", "spectral_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
 
 
 @dataclass
@@ -100,7 +121,9 @@ class TrainConfig:
     learning_rate, beta1, beta2 : float
         Adam settings for all four networks (paper: 2e-4, 0.5, 0.999).
     gan_mode : str
-        ``lsgan`` (least squares, the paper's choice) or ``vanilla`` (log-likelihood).
+        ``lsgan`` (least squares, the paper's choice), ``vanilla`` (log-likelihood) or
+        ``hinge`` (Lim & Ye 2017; Miyato et al. 2018: the discriminator minimises
+        ``relu(1 - D(real)) + relu(1 + D(fake))``, the generator ``-D(fake)``).
     lambda_cycle_a, lambda_cycle_b : float
         Weights of ‖F(G(a)) − a‖₁ and ‖G(F(b)) − b‖₁.
     lambda_identity : float
@@ -142,6 +165,28 @@ class TrainConfig:
     channels_last : bool
         Keep the networks' weights and the training batches in channels-last memory
         order (NHWC). Tensor cores' convolutions prefer it; on the CPU it is slower.
+    ema_decay : float
+        Keep an exponential moving average of G's and F's weights with this decay
+        (0: off). The model file and the previews then hold the averaged weights; the
+        checkpoint holds both. The decay ramps up as ``min(ema_decay, (1 + t) / (10 +
+        t))`` over the first updates ``t``, so the average does not remember the
+        random initial weights.
+    lambda_r1 : float
+        Weight γ of the R1 penalty (Mescheder et al. 2018), ``γ / 2 · E‖∇D(real)‖²`` on
+        each discriminator's real images (0: off).
+    r1_every : int
+        Compute R1 every this many steps only, weighted by it (StyleGAN2's lazy
+        regularisation; 1: every step).
+    lambda_structure : float
+        Weight of a structure-preserving term for G and F (0: off): one minus the local
+        correlation (SSIM's structure term, 7×7 Gaussian windows) between the
+        luminance of a network's input and of its output. It allows any locally
+        monotone-increasing intensity mapping and punishes inverted content; it
+        applies whatever the domains' channel counts (unlike identity loss).
+    diff_augment : str
+        DiffAugment policy (Zhao et al. 2020): a comma-separated subset of ``color``,
+        ``translation`` and ``cutout`` ("": off). Real and generated images are
+        augmented alike, differentiably, before every discriminator call.
     """
 
     n_steps: int = 100
@@ -168,6 +213,12 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     compile: bool = False
     channels_last: bool = False
+    # Methods beyond the paper's recipe (issue 19); all off by default.
+    ema_decay: float = 0.0
+    lambda_r1: float = 0.0
+    r1_every: int = 1
+    lambda_structure: float = 0.0
+    diff_augment: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GAN_MODES)
@@ -204,11 +255,30 @@ class TrainConfig:
             _check_positive(name, value, allow_zero=True)
             if value >= 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}.")
+        self._check_methods()
+
+    def _check_methods(self) -> None:
+        _check_positive("ema_decay", self.ema_decay, allow_zero=True)
+        if self.ema_decay >= 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}.")
+        for name in ("lambda_r1", "lambda_structure"):
+            _check_positive(name, getattr(self, name), allow_zero=True)
+        _check_int("r1_every", self.r1_every)
+        _check_positive("r1_every", self.r1_every)
+        if not isinstance(self.diff_augment, str):
+            raise ConfigError(f"diff_augment must be a string, got {self.diff_augment!r}.")
+        for policy in self.augment_policies:
+            _check_choice("diff_augment", policy, DIFF_AUGMENTS)
 
     @property
     def total_steps(self) -> int:
         """All steps of the run: constant phase plus decay phase."""
         return self.n_steps + self.n_steps_decay
+
+    @property
+    def augment_policies(self) -> tuple[str, ...]:
+        """The DiffAugment policies of ``diff_augment``, in order (empty: off)."""
+        return tuple(part.strip() for part in self.diff_augment.split(",") if part.strip())
 
 
 @dataclass
