@@ -23,12 +23,12 @@ import torch
 
 from . import __version__
 from .config import Config, ConfigError
+from .files import atomic_write_bytes
 from .intensity import IntensityNorm
 from .model_file import (
     CHECKPOINT_SUFFIX,
     FORMAT_NAME,
     ModelFileError,
-    atomic_write_bytes,
     check_state,
     described_networks,
     is_safetensors,

@@ -1,4 +1,5 @@
-"""Training data: the images of one domain and random patches drawn from them.
+"""Training data: the images of one domain, random patches drawn from them, and the
+training batches of two domains (:class:`PatchStreams`).
 
 A :class:`Domain` holds images given as arrays (numpy, dask, napari layer data), files
 or folders. Files are read lazily, a few at a time, so a folder larger than memory can
@@ -10,16 +11,21 @@ randomly flipped/rotated.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .intensity import IntensityNorm, check_finite, fit_intensity
+from .io import TIFF_SUFFIXES, list_images, read_image
 from .layout import ImageLayout, infer_layout, to_planes
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+if TYPE_CHECKING:
+    import torch
+
 # Images used to fit a domain's intensity normalisation (chosen evenly from the domain).
 _NORM_FIT_IMAGES = 8
 
@@ -180,76 +186,13 @@ def _expand(images, name: str) -> Iterable:
             yield item
 
 
-def list_images(folder: Path) -> list[Path]:
-    """The image files (see ``IMAGE_SUFFIXES``) in ``folder``, sorted by name.
-
-    Raises
-    ------
-    ValueError
-        If the folder holds none.
-    """
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"the folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return files
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file (TIFF with tifffile, others with imageio) into a numpy array.
-
-    Raises
-    ------
-    ValueError
-        If the file cannot be read as an image.
-    """
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(path))
-    except FileNotFoundError as error:
-        raise ValueError(f"{path} does not exist.") from error
-    except Exception as error:  # the readers raise many kinds for a corrupt file
-        raise ValueError(f"Cannot read {path} as an image: {error}") from error
-
-
-def open_zarr_image(path: str | os.PathLike):
-    """The image in a zarr store, opened lazily (read only): the array at ``path``, or in
-    a group (e.g. OME-Zarr) its full-resolution level ``"0"``.
-
-    Raises
-    ------
-    ValueError
-        If ``path`` is not a zarr store, or a group without an array ``"0"``.
-    """
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as error:  # zarr raises several kinds for a missing or bad store
-        raise ValueError(f"Cannot open {path} as a zarr array: {error}") from error
-    if isinstance(node, zarr.Array):
-        return node
-    if isinstance(node.get("0"), zarr.Array):
-        return node["0"]
-    names = ", ".join(sorted(name for name, _ in node.arrays())) or "none"
-    raise ValueError(
-        f"{path} is a zarr group without an array '0' (its arrays: {names}); "
-        f"give the array's own path, e.g. {Path(path) / 'name'}."
-    )
-
-
 # A few recently used files stay in memory: patches of one image are often drawn in a row.
 _read_file = functools.lru_cache(maxsize=4)(read_image)
 
 
 def _file_shape_dtype(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of an image file, from its header where the format allows."""
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if path.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
         try:
@@ -260,3 +203,64 @@ def _file_shape_dtype(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             raise ValueError(f"Cannot read {path} as a TIFF image: {error}") from error
     image = _read_file(path)
     return image.shape, image.dtype
+
+
+class PatchStreams:
+    """Training batches of two domains: one random stream per patch of the global batch
+    (a patch is the same whichever process draws it, so N processes train exactly like
+    one with the same batch), and fixed preview patches.
+
+    Parameters
+    ----------
+    domain_a, domain_b : Domain
+        The two domains.
+    train : TrainConfig
+        Seed, batch and crop sizes, flips.
+    context : DistributedContext
+        This process's rank and the number of processes (its share of the batch).
+    """
+
+    def __init__(self, domain_a: Domain, domain_b: Domain, train, context) -> None:
+        self.domains, self.train = (domain_a, domain_b), train
+        local_batch = train.batch_size // context.world_size
+        first = context.rank * local_batch
+        self.streams = {
+            slot: np.random.default_rng([train.seed, slot])
+            for slot in range(first, first + local_batch)
+        }
+        import torch  # the batches are tensors; this module is torch-free to import
+
+        preview_rng = np.random.default_rng([train.seed, 12345])
+        self.preview_a, self.preview_b = (
+            torch.from_numpy(domain.sample(preview_rng, 1, train.crop_size, augment=False))
+            for domain in self.domains
+        )
+
+    def sample(self, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+        """This process's share of a batch of each domain, on ``device``."""
+        import torch
+
+        batches = []
+        for domain in self.domains:
+            patches = [
+                domain.sample(stream, 1, self.train.crop_size, self.train.flip)
+                for stream in self.streams.values()
+            ]
+            batch = torch.from_numpy(np.concatenate(patches)).to(device)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            batches.append(batch)
+        return batches
+
+    def state(self) -> dict[str, str]:
+        """This process's streams' states (``str(slot)`` → JSON)."""
+        return {
+            str(slot): json.dumps(stream.bit_generator.state)
+            for slot, stream in self.streams.items()
+        }
+
+    def restore(self, states: dict[str, str]) -> None:
+        """Restore the streams of this process found in ``states`` (of any world size)."""
+        for slot, stream in self.streams.items():
+            if str(slot) in states:
+                stream.bit_generator.state = json.loads(states[str(slot)])
