@@ -61,6 +61,7 @@ class Task:
     truth: Callable[[np.ndarray], np.ndarray]
     input_dtype: str = "uint8"
     noise: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+    same_channels: bool = True  # do A and B have the same channel count?
 
 
 def _scene(name: str, rgb: bool, dtype: str) -> np.ndarray:
@@ -129,7 +130,7 @@ TASKS = {
     task.name: task
     for task in (
         Task("stain", "gray → stain-like RGB (1→3, no identity loss)", GRAY_SCENES,
-             False, _stain),
+             False, _stain, same_channels=False),
         Task("tone", "RGB → colour-graded RGB (3→3)", RGB_SCENES, True, _tone),
         Task("fluorescence", "16-bit power-law response with shot noise (1→1)", GRAY_SCENES,
              False, _fluorescence, "uint16", _shot_noise),
@@ -153,6 +154,7 @@ _SN_HINGE = {"model": {"spectral_norm": True}, "train": {"gan_mode": "hinge"}}
 _R1 = {"train": {"lambda_r1": 1.0, "r1_every": 4}}
 _STRUCTURE = {"train": {"lambda_structure": 1.0}}
 _DIFF_AUGMENT = {"train": {"diff_augment": "color,translation,cutout"}}
+_PATCH_NCE = {"train": {"lambda_nce": 1.0}}  # needs equal channel counts
 
 
 def _combined(*methods: dict) -> dict:
@@ -173,10 +175,18 @@ METHODS = {
     "r1": _R1,
     "structure": _STRUCTURE,
     "diffaugment": _DIFF_AUGMENT,
+    "patchnce": _PATCH_NCE,
     "ema+sn-hinge+structure": _combined(_EMA, _SN_HINGE, _STRUCTURE),
     "ema+resize+structure": _combined(_EMA, _RESIZE, _STRUCTURE),
+    "ema+patchnce+structure": _combined(_EMA, _PATCH_NCE, _STRUCTURE),
     "all": _combined(_EMA, _RESIZE, _SN_HINGE, _R1, _STRUCTURE, _DIFF_AUGMENT),
 }
+
+
+def applies(task: Task, method: str) -> bool:
+    """Whether ``method`` can train on ``task``: PatchNCE embeds a generator's output
+    with its own encoder, so it needs domains with the same channel count."""
+    return task.same_channels or not METHODS[method].get("train", {}).get("lambda_nce")
 
 
 def build_task(task: Task, seed: int):
@@ -354,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     baseline = args.methods[0]
     jobs = [Job(t, m, s, args.steps, "steps") for t in args.tasks for m in args.methods
-            for s in args.seeds]  # fmt: skip
+            for s in args.seeds if applies(TASKS[t], m)]  # fmt: skip
     results = run_jobs(jobs, args.jobs, args.threads) if "steps" in args.budgets else []
     if "time" in args.budgets:
         # Seconds per step of each method, relative to the baseline on the same task.

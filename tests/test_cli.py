@@ -362,11 +362,13 @@ def test_method_flags_and_the_paper_preset_reach_the_settings(domains, tmp_path,
     methods = ["--upsampling", "resize", "--spectral-norm", "--gan-mode", "hinge"]
     methods += ["--ema-decay", "0.9", "--lambda-r1", "1", "--r1-every", "2"]
     methods += ["--lambda-structure", "0.5", "--diff-augment", "color,cutout"]
+    methods += ["--lambda-nce", "1", "--nce-layers", "0,4", "--nce-patches", "16"]
     assert main([*base, *methods, "--save-config", str(tmp_path / "methods.json")]) == EXIT_OK
     effective = json.loads((tmp_path / "methods.json").read_text())
     assert effective["model"]["upsampling"] == "resize" and effective["model"]["spectral_norm"]
     assert effective["train"]["ema_decay"] == 0.9 and effective["train"]["r1_every"] == 2
     assert effective["train"]["diff_augment"] == "color,cutout"
+    assert effective["train"]["nce_layers"] == "0,4" and effective["train"]["nce_patches"] == 16
     # The preset sets the paper's values over --config; flags still win over it.
     config = tmp_path / "config.yaml"
     config.write_text("train:\n  gan_mode: vanilla\n  lambda_structure: 2.0\n  pool_size: 3\n")

@@ -19,6 +19,7 @@ from napari_cyclestyle.losses import GANLoss, r1_penalty, structure_loss
 from napari_cyclestyle.model import CycleStyleModel, build_generators
 from napari_cyclestyle.model_file import load_model, save_model
 from napari_cyclestyle.networks import build_discriminator, build_generator, init_weights
+from napari_cyclestyle.patchnce import PatchNCE, choose_layers, patch_nce_loss
 from napari_cyclestyle.trainer import Trainer, train
 
 from .conftest import tiny_config, train_straight_and_resumed
@@ -46,6 +47,9 @@ def _all_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
         ("train", {"lambda_structure": -0.5}, "lambda_structure"),
         ("train", {"diff_augment": "color,zoom"}, "diff_augment"),
         ("train", {"gan_mode": "wgan"}, "gan_mode"),
+        ("train", {"lambda_nce": -1.0}, "lambda_nce"),
+        ("train", {"nce_layers": "0,a"}, "nce_layers"),
+        ("train", {"nce_patches": 0}, "nce_patches"),
         ("model", {"upsampling": "bilinear"}, "upsampling"),
         ("model", {"spectral_norm": "yes"}, "spectral_norm"),
     ],
@@ -59,7 +63,8 @@ def test_every_method_is_off_by_default():
     model, train_config = ModelConfig(), TrainConfig()
     assert (model.upsampling, model.spectral_norm) == ("transposed", False)
     assert train_config.ema_decay == train_config.lambda_r1 == 0
-    assert train_config.lambda_structure == 0 and train_config.diff_augment == ""
+    assert train_config.lambda_structure == train_config.lambda_nce == 0
+    assert train_config.diff_augment == ""
     assert train_config.augment_policies == ()
 
 
@@ -89,12 +94,14 @@ def test_resume_with_every_method_on_continues_exactly(tmp_path, gray_domains):
         r1_every=2,
         lambda_structure=1.0,
         diff_augment="color,translation,cutout",  # draws from torch's RNG
+        lambda_nce=1.0,  # so do its patch positions; its heads are training state
+        nce_patches=16,
     )
     config.model.spectral_norm = True  # its power iteration's vectors must resume too
     config.model.upsampling = "resize"
     straight, resumed = train_straight_and_resumed(tmp_path, gray_domains, config)
     checkpoint = TrainingCheckpoint.load(tmp_path / "resumed.checkpoint.pt")
-    assert set(checkpoint.model["ema"]) == {"G", "F"}
+    assert set(checkpoint.model["ema"]) == set(checkpoint.model["nce_heads"]) == {"G", "F"}
     expected, actual = _all_weights(straight), _all_weights(resumed)
     assert expected.keys() == actual.keys() and any("ema_G" in key for key in expected)
     for key in expected:
@@ -230,3 +237,55 @@ def test_r1_is_lazy_and_every_method_reports_its_losses(tmp_path, gray_domains):
     r1 = [event.losses["R1_A"] for event in events]
     assert r1[0::2] == [0.0] * 3 and all(value > 0 for value in r1[1::2])
     assert "structure_A" not in events[-1].losses  # only the terms in use
+
+
+# ---------------------------------------------------------------------- PatchNCE
+def test_patchnce_gradients_reach_the_encoder():
+    torch.manual_seed(0)
+    generator = build_generator("resnet_6blocks", 1, 1, ngf=4)
+    patch_nce = PatchNCE(generator, choose_layers(generator, ()), n_patches=16)
+    assert patch_nce.layers == (0, 4, 8, 12)  # CUT's layers that resnet_6blocks has
+    source = torch.randn(2, 1, 32, 32)
+    patch_nce(generator, source, generator(source).detach()).backward()
+    convs = [m for m in generator.model if isinstance(m, nn.Conv2d)]
+    assert convs[0].weight.grad.abs().sum() > 0  # the encoder, not through the output
+    up = [m for m in generator.model if isinstance(m, nn.ConvTranspose2d)]
+    assert all(m.weight.grad is None for m in up)  # the decoder is not read
+    assert all(p.grad.abs().sum() > 0 for p in patch_nce.heads.parameters())
+
+
+def test_patchnce_loss_is_low_for_matching_patches_and_high_for_shuffled_ones():
+    keys = torch.eye(8)[None]  # 8 patches, orthogonal unit features
+    assert patch_nce_loss(keys, keys).item() < 1e-3
+    assert patch_nce_loss(keys.roll(1, dims=1), keys).item() > 10
+
+
+@pytest.mark.parametrize(
+    ("generator", "channels_b", "nce_layers", "message"),
+    [
+        ("resnet_6blocks", 3, "", "same channel count"),
+        ("unet_128", 1, "", "not a U-Net"),
+        ("resnet_6blocks", 1, "0,40", "not layers of the generator's encoder"),
+    ],
+)
+def test_patchnce_refuses_what_it_cannot_read(generator, channels_b, nce_layers, message):
+    from napari_cyclestyle.cyclegan import CycleGAN
+    from napari_cyclestyle.distributed import DistributedContext
+
+    config = tiny_config(lambda_nce=1.0, nce_layers=nce_layers)
+    config.model.generator, config.model.channels_a = generator, 1
+    config.model.channels_b = channels_b
+    with pytest.raises(ValueError, match=message):
+        CycleGAN(config, torch.device("cpu"), DistributedContext())
+
+
+def test_patchnce_trains_beside_the_cycle_loss(tmp_path, gray_domains):
+    config = tiny_config(lambda_nce=1.0, nce_patches=32, nce_layers="0,4")
+    trainer = Trainer(*gray_domains, config, output=tmp_path / "m.safetensors")
+    events = list(trainer.run())
+    assert events[-1].losses["NCE_A"] > 0 and events[-1].losses["NCE_B"] > 0
+    heads = TrainingCheckpoint.load(tmp_path / "m.checkpoint.pt").model["nce_heads"]
+    assert set(heads) == {"G", "F"}  # training state: in the checkpoint...
+    assert not any(
+        "heads" in key for key in _state(load_model(tmp_path / "m.safetensors").generator_ab)
+    )

@@ -48,6 +48,9 @@ _SETTINGS_ENTRIES = {
     "networks": dict,
     "torch_rng": torch.Tensor,
 }
+# Training state of the optional methods: the generators' weight averages, PatchNCE's
+# heads (their shapes are checked as they load into the networks they belong to).
+_OPTIONAL_ENTRIES = ("ema", "nce_heads")
 _ERRORS = (ConfigError, KeyError, TypeError, ValueError, RuntimeError, RecursionError)
 
 
@@ -65,7 +68,7 @@ class TrainingCheckpoint:
         The domains' intensity normalisations.
     model : dict
         :meth:`napari_cyclestyle.cyclegan.CycleGAN.state_dict`: ``networks``,
-        ``optimizer_g``, ``optimizer_d``, ``grad_scaler``, ``ema``.
+        ``optimizer_g``, ``optimizer_d``, ``grad_scaler``, ``ema``, ``nce_heads``.
     data_streams : dict
         Each patch slot's random stream (``str(slot)`` → its bit generator's state as
         JSON), over all ranks.
@@ -112,7 +115,7 @@ class TrainingCheckpoint:
             "cuda_rng": self.cuda_rng,
             "grad_scaler": self.model["grad_scaler"],
             "last_losses": json.dumps(self.last_losses),
-            **({"ema": self.model["ema"]} if self.model.get("ema") else {}),
+            **{key: self.model[key] for key in _OPTIONAL_ENTRIES if self.model.get(key)},
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -183,7 +186,8 @@ class TrainingCheckpoint:
                     "optimizer_g": state["optimizer_g"],
                     "optimizer_d": state["optimizer_d"],
                     "grad_scaler": state.get("grad_scaler") or {},
-                    "ema": state.get("ema") or {},  # older checkpoints: none
+                    # Older checkpoints and runs without the methods have none.
+                    **{key: state.get(key) or {} for key in _OPTIONAL_ENTRIES},
                 },
                 data_streams=data_streams,
                 pools=state["pools"],

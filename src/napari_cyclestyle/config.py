@@ -241,6 +241,17 @@ class TrainConfig:
         DiffAugment policy (Zhao et al. 2020): a comma-separated subset of ``color``,
         ``translation`` and ``cutout`` ("": off). Real and generated images are
         augmented alike, differentiably, before every discriminator call.
+    lambda_nce : float
+        Weight of CUT's PatchNCE loss (Park et al. 2020) for G and F, beside the cycle
+        loss (0: off): each generator's encoder embeds its input and its output, and
+        each output patch must match the input patch at its place rather than other
+        patches of the image. Needs domains with the same channel count and a resnet
+        or encoder_decoder generator. (CUT's one-sided mode is not implemented.)
+    nce_layers : str
+        Comma-separated indices of the generator's encoder layers PatchNCE reads
+        ("": CUT's 0, 4, 8, 12, 16, those the encoder has).
+    nce_patches : int
+        Positions sampled per image and layer (CUT: 256).
     """
 
     n_steps: int = _setting(100, "steps at the initial learning rate", bounds=(1, 10_000_000))
@@ -311,6 +322,16 @@ class TrainConfig:
     diff_augment: str = _setting(
         "", "DiffAugment policy: comma-separated color, translation, cutout (empty: off)"
     )
+    lambda_nce: float = _setting(
+        0.0,
+        "weight of CUT's PatchNCE loss beside the cycle loss (0: off; needs equal channel "
+        "counts and a resnet or encoder_decoder generator)",
+        bounds=(0, 1000),
+    )
+    nce_layers: str = _setting(
+        "", "encoder layers PatchNCE reads, e.g. 0,4,8,12,16 (empty: CUT's choice)"
+    )
+    nce_patches: int = _setting(256, "positions PatchNCE samples per layer", bounds=(1, 4096))
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -359,11 +380,30 @@ class TrainConfig:
             raise ConfigError(f"diff_augment must be a string, got {self.diff_augment!r}.")
         for policy in self.augment_policies:
             _check_choice("diff_augment", policy, DIFF_AUGMENTS)
+        _check_positive("lambda_nce", self.lambda_nce, allow_zero=True)
+        _check_int("nce_patches", self.nce_patches)
+        _check_positive("nce_patches", self.nce_patches)
+        if not isinstance(self.nce_layers, str):
+            raise ConfigError(f"nce_layers must be a string, got {self.nce_layers!r}.")
+        try:
+            layers = self.nce_layer_indices
+        except ValueError as error:
+            raise ConfigError(
+                f"nce_layers={self.nce_layers!r} is not a comma-separated list of layer "
+                "indices, e.g. 0,4,8."
+            ) from error
+        if any(index < 0 for index in layers):
+            raise ConfigError(f"nce_layers must be indices >= 0, got {self.nce_layers!r}.")
 
     @property
     def total_steps(self) -> int:
         """All steps of the run: constant phase plus decay phase."""
         return self.n_steps + self.n_steps_decay
+
+    @property
+    def nce_layer_indices(self) -> tuple[int, ...]:
+        """The layers of ``nce_layers`` (empty: PatchNCE's default choice)."""
+        return tuple(int(part) for part in self.nce_layers.split(",") if part.strip())
 
     @property
     def augment_policies(self) -> tuple[str, ...]:

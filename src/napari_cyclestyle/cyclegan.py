@@ -26,6 +26,7 @@ from .ema import WeightAverage
 from .losses import GANLoss, ImagePool, cycle_loss, r1_penalty, structure_loss
 from .model import build_discriminators, build_generators
 from .networks import init_weights
+from .patchnce import PatchNCE, choose_layers
 
 # Every loss the step computes; events, logs and model provenance follow this list.
 LOSS_NAMES = (
@@ -42,6 +43,7 @@ _GENERATOR_LOSSES = LOSS_NAMES[:6]
 # The losses of the optional methods (issue 19), present when their weight is not 0.
 STRUCTURE_LOSS_NAMES = ("structure_A", "structure_B")
 R1_LOSS_NAMES = ("R1_A", "R1_B")
+NCE_LOSS_NAMES = ("NCE_A", "NCE_B")
 
 
 class _CompiledOrEager:
@@ -174,16 +176,20 @@ class CycleGAN:
             LOSS_NAMES
             + (STRUCTURE_LOSS_NAMES if train.lambda_structure > 0 else ())
             + (R1_LOSS_NAMES if train.lambda_r1 > 0 else ())
+            + (NCE_LOSS_NAMES if train.lambda_nce > 0 else ())
         )
         self.batched_forward = train.batched_forward and model.norm != "batch"
         self.use_identity = train.lambda_identity > 0 and model.channels_a == model.channels_b
         self.precision = resolve_precision(train.precision, device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        # PatchNCE's MLP heads (lambda_nce > 0), trained with the generators.
+        self.patch_nce = self._patch_nce(generator_ab, generator_ba) if train.lambda_nce else {}
+        heads = [p for patch_nce in self.patch_nce.values() for p in patch_nce.parameters()]
         fused = device.type in ("cpu", "cuda")
         betas = (train.beta1, train.beta2)
         self.optimizer_g = torch.optim.Adam(
-            [*generator_ab.parameters(), *generator_ba.parameters()],
+            [*generator_ab.parameters(), *generator_ba.parameters(), *heads],
             train.learning_rate,
             betas,
             fused=fused,
@@ -202,6 +208,29 @@ class CycleGAN:
         self.pool_b = ImagePool(
             train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 2)
         )
+
+    def _patch_nce(self, generator_ab: nn.Module, generator_ba: nn.Module) -> dict:
+        """PatchNCE of G and of F, their heads on the device.
+
+        Raises
+        ------
+        ValueError
+            For domains with different channel counts (a generator's encoder embeds
+            its own output) or a generator PatchNCE cannot read.
+        """
+        model, train = self.config.model, self.config.train
+        if model.channels_a != model.channels_b:
+            raise ValueError(
+                f"PatchNCE (lambda_nce) embeds a generator's output with its own encoder, so "
+                f"both domains need the same channel count (A has {model.channels_a}, B "
+                f"{model.channels_b}); lambda_structure keeps content between any counts."
+            )
+        return {
+            name: PatchNCE(
+                network, choose_layers(network, train.nce_layer_indices), train.nce_patches
+            ).to(self.device)
+            for name, network in (("G", generator_ab), ("F", generator_ba))
+        }
 
     # ------------------------------------------------------------------ one step
     def training_step(
@@ -268,6 +297,14 @@ class CycleGAN:
                 losses["structure_A"] = structure_loss(real_a, out["fake_B"]) * weight
                 losses["structure_B"] = structure_loss(real_b, out["fake_A"]) * weight
                 names += STRUCTURE_LOSS_NAMES
+            if self.patch_nce:
+                weight = train.lambda_nce
+                for name, key, network, real, fake in (
+                    ("NCE_A", "G", raw.generator_ab, real_a, out["fake_B"]),
+                    ("NCE_B", "F", raw.generator_ba, real_b, out["fake_A"]),
+                ):
+                    losses[name] = self.patch_nce[key](network, real, fake) * weight
+                names += NCE_LOSS_NAMES
             generator_total = sum(losses[name] for name in names)
         self.optimizer_g.zero_grad(set_to_none=True)
         self._backward_and_step(generator_total, self.optimizer_g)
@@ -383,7 +420,8 @@ class CycleGAN:
         """What a checkpoint keeps of the model being trained, the same on every rank:
         ``networks`` (by name), ``optimizer_g``, ``optimizer_d``, ``grad_scaler``
         (fp16's loss scale, learnt over the steps so far; empty in other precisions) and,
-        with ``ema_decay``, ``ema`` (the weight averages of G and F by name)."""
+        with ``ema_decay``, ``ema`` (the weight averages of G and F by name), with
+        ``lambda_nce``, ``nce_heads`` (PatchNCE's heads of G and F by name)."""
         state = {
             "networks": {
                 name: network.state_dict() for name, network in self.networks.named().items()
@@ -394,13 +432,15 @@ class CycleGAN:
         }
         if self.averages:
             state["ema"] = {name: average.state_dict() for name, average in self.averages.items()}
+        if self.patch_nce:
+            state["nce_heads"] = {name: nce.state_dict() for name, nce in self.patch_nce.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the optimisers, the loss scale and the weight averages of
         :meth:`state_dict` (the networks' weights are given to the constructor, before
         wrapping). A checkpoint without averages (``ema_decay`` turned on when resuming)
-        starts them from the weights resumed."""
+        starts them from the weights resumed; one without PatchNCE heads, with new ones."""
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
         if self.scaler is not None and state.get("grad_scaler"):  # older checkpoints: none
@@ -409,6 +449,10 @@ class CycleGAN:
         for name, average in self.averages.items():
             if name in saved:
                 average.load_state_dict(saved[name])
+        heads = state.get("nce_heads") or {}
+        for name, patch_nce in self.patch_nce.items():
+            if name in heads:
+                patch_nce.load_state_dict(heads[name])
 
     def pool_state_dict(self) -> dict[str, Any]:
         """This rank's history pools (each rank keeps its own)."""

@@ -320,8 +320,10 @@ def test_the_advanced_fold_offers_the_methods_off_at_first(qtbot):
     fields.upsampling.value, fields.spectral_norm.value = "resize", True
     fields.ema_decay.value, fields.lambda_r1.value, fields.r1_every.value = 0.995, 1.0, 4
     fields.lambda_structure.value, fields.diff_augment.value = 2.0, "translation, cutout"
+    fields.lambda_nce.value, fields.nce_patches.value = 1.0, 64
     config = fields.config()
     assert (config.model.upsampling, config.model.spectral_norm) == ("resize", True)
     assert config.train.ema_decay == 0.995 and config.train.r1_every == 4
     assert config.train.lambda_r1 == 1.0 and config.train.lambda_structure == 2.0
     assert config.train.augment_policies == ("translation", "cutout")
+    assert config.train.lambda_nce == 1.0 and config.train.nce_patches == 64

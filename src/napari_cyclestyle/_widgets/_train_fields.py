@@ -109,6 +109,8 @@ class TrainingFields:
         self.lambda_structure = _number(TrainConfig, "lambda_structure", "λ structure", step=0.1)
         self.diff_augment = LineEdit(label="DiffAugment", value="")
         self.diff_augment.tooltip = settings(TrainConfig)["diff_augment"].help
+        self.lambda_nce = _number(TrainConfig, "lambda_nce", "λ PatchNCE", step=0.1)
+        self.nce_patches = _number(TrainConfig, "nce_patches", "PatchNCE patches")
         methods = [
             self.upsampling,
             self.spectral_norm,
@@ -117,6 +119,8 @@ class TrainingFields:
             self.r1_every,
             self.lambda_structure,
             self.diff_augment,
+            self.lambda_nce,
+            self.nce_patches,
         ]
         self.advanced = Container(
             labels=True,
@@ -187,5 +191,7 @@ class TrainingFields:
                 r1_every=int(self.r1_every.value),
                 lambda_structure=float(self.lambda_structure.value),
                 diff_augment=str(self.diff_augment.value).strip(),
+                lambda_nce=float(self.lambda_nce.value),
+                nce_patches=int(self.nce_patches.value),
             ),
         )

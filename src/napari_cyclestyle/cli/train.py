@@ -72,6 +72,9 @@ _TRAIN_FLAGS = {
     "--r1-every": ("r1_every", {"type": int, "metavar": "N"}),
     "--lambda-structure": ("lambda_structure", {"type": float, "metavar": "WEIGHT"}),
     "--diff-augment": ("diff_augment", {"metavar": "POLICY"}),
+    "--lambda-nce": ("lambda_nce", {"type": float, "metavar": "WEIGHT"}),
+    "--nce-layers": ("nce_layers", {"metavar": "LAYERS"}),
+    "--nce-patches": ("nce_patches", {"type": int, "metavar": "N"}),
 }
 
 
