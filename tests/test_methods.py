@@ -136,6 +136,7 @@ def test_resize_generators_tile_exactly(generator, tile_size):
     whole = translate(image, model, device="cpu", tile_size=None)
     tiled = translate(image, model, device="cpu", tile_size=tile_size, statistics="exact")
     assert max_error(tiled, whole) <= 1e-3
+    assert "resize up-sampling" in model.describe()
 
 
 def test_old_model_files_and_reference_checkpoints_load_as_transposed(tmp_path):

@@ -133,6 +133,7 @@ class CycleStyleModel:
         lines = [
             f"generator: {c.generator} (ngf {c.ngf}, norm {c.norm}"
             + (", dropout" if c.dropout else "")
+            + (f", {c.upsampling} up-sampling" if c.upsampling != "transposed" else "")
             + ")",
             f"channels: A {c.channels_a}, B {c.channels_b}",
             f"directions: {', '.join(self.directions)}",
