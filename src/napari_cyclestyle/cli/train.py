@@ -206,8 +206,9 @@ def _run_train(args: argparse.Namespace) -> int:
     checkpoint_config = None
     output = args.output
     if args.resume is not None:
-        # Only the settings here; the Trainer reads and checks the whole checkpoint.
-        done, checkpoint_config = TrainingCheckpoint.read_settings(args.resume)
+        checkpoint = TrainingCheckpoint.load(args.resume)  # read again by the Trainer
+        done, checkpoint_config = checkpoint.step, checkpoint.config
+        del checkpoint
         if output is None:
             name = Path(args.resume).name.removesuffix(CHECKPOINT_SUFFIX) + MODEL_SUFFIX
             output = Path(args.resume).with_name(name)
