@@ -290,3 +290,13 @@ def test_patchnce_trains_beside_the_cycle_loss(tmp_path, gray_domains):
     assert not any(
         "heads" in key for key in _state(load_model(tmp_path / "m.safetensors").generator_ab)
     )
+
+
+def test_r1_keeps_the_discriminators_uncompiled():
+    from napari_cyclestyle.cyclegan import CycleGAN, _CompiledOrEager
+    from napari_cyclestyle.distributed import DistributedContext
+
+    config = tiny_config(compile=True, lambda_r1=1.0)  # torch.compile is lazy: cheap here
+    called = CycleGAN(config, torch.device("cpu"), DistributedContext())._called
+    assert isinstance(called.generator_ab, _CompiledOrEager)
+    assert not isinstance(called.discriminator_a, _CompiledOrEager)

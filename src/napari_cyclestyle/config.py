@@ -227,7 +227,9 @@ class TrainConfig:
         random initial weights.
     lambda_r1 : float
         Weight γ of the R1 penalty (Mescheder et al. 2018), ``γ / 2 · E‖∇D(real)‖²`` on
-        each discriminator's real images (0: off).
+        each discriminator's real images (0: off). It needs a double backward, which
+        ``torch.compile`` does not support: with ``compile`` the discriminators then
+        run uncompiled.
     r1_every : int
         Compute R1 every this many steps only, weighted by it (StyleGAN2's lazy
         regularisation; 1: every step).

@@ -160,7 +160,13 @@ class CycleGAN:
             name: wrap(network, context, device) for name, network in self.networks.named().items()
         }
         if train.compile:
-            called = {name: _CompiledOrEager(network, name) for name, network in called.items()}
+            # R1 differentiates the discriminators' gradients (a double backward), which
+            # torch.compile does not support: with lambda_r1 they run uncompiled.
+            compiled = ("G", "F") if train.lambda_r1 > 0 else tuple(called)
+            called = {
+                name: _CompiledOrEager(network, name) if name in compiled else network
+                for name, network in called.items()
+            }
         self._called = Networks(*called.values())
         # G's and F's weight averages (ema_decay > 0): what the model file and previews show.
         self.averages = (
