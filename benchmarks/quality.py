@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cyclestyle.presets import PRESETS
+
 SIZE = 256  # every scene is resized and cropped to SIZE × SIZE
 
 
@@ -59,6 +61,7 @@ class Task:
     truth: Callable[[np.ndarray], np.ndarray]
     input_dtype: str = "uint8"
     noise: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+    same_channels: bool = True  # do A and B have the same channel count?
 
 
 def _scene(name: str, rgb: bool, dtype: str) -> np.ndarray:
@@ -127,7 +130,7 @@ TASKS = {
     task.name: task
     for task in (
         Task("stain", "gray → stain-like RGB (1→3, no identity loss)", GRAY_SCENES,
-             False, _stain),
+             False, _stain, same_channels=False),
         Task("tone", "RGB → colour-graded RGB (3→3)", RGB_SCENES, True, _tone),
         Task("fluorescence", "16-bit power-law response with shot noise (1→1)", GRAY_SCENES,
              False, _fluorescence, "uint16", _shot_noise),
@@ -144,14 +147,46 @@ BASE = {
     "train": {"crop_size": 64, "batch_size": 1, "preview_every": 0, "checkpoint_every": 0,
               "log_every": 50, "device": "cpu", "precision": "fp32"},
 }  # fmt: skip
+# The methods of issue 19, each alone and in a few combinations (see TrainConfig).
+_EMA = {"train": {"ema_decay": 0.995}}
+_RESIZE = {"model": {"upsampling": "resize"}}
+_SN_HINGE = {"model": {"spectral_norm": True}, "train": {"gan_mode": "hinge"}}
+_R1 = {"train": {"lambda_r1": 1.0, "r1_every": 4}}
+_STRUCTURE = {"train": {"lambda_structure": 1.0}}
+_DIFF_AUGMENT = {"train": {"diff_augment": "color,translation,cutout"}}
+_PATCH_NCE = {"train": {"lambda_nce": 1.0}}  # needs equal channel counts
+
+
+def _combined(*methods: dict) -> dict:
+    """The settings of several methods together."""
+    combined: dict[str, dict] = {"model": {}, "train": {}}
+    for method in methods:
+        for section, values in method.items():
+            combined[section].update(values)
+    return combined
+
+
 METHODS = {
-    "paper": {
-        "train": {"gan_mode": "lsgan", "lambda_cycle_a": 10.0, "lambda_cycle_b": 10.0,
-                  "lambda_identity": 0.5, "pool_size": 50, "learning_rate": 2e-4,
-                  "beta1": 0.5, "beta2": 0.999},
-    },
+    "paper": PRESETS["paper"],  # the CycleGAN paper's recipe, set explicitly
     "defaults": {},  # the project's current defaults
-}  # fmt: skip
+    "ema": _EMA,
+    "resize": _RESIZE,
+    "sn-hinge": _SN_HINGE,
+    "r1": _R1,
+    "structure": _STRUCTURE,
+    "diffaugment": _DIFF_AUGMENT,
+    "patchnce": _PATCH_NCE,
+    "ema+sn-hinge+structure": _combined(_EMA, _SN_HINGE, _STRUCTURE),
+    "ema+resize+structure": _combined(_EMA, _RESIZE, _STRUCTURE),
+    "ema+patchnce+structure": _combined(_EMA, _PATCH_NCE, _STRUCTURE),
+    "all": _combined(_EMA, _RESIZE, _SN_HINGE, _R1, _STRUCTURE, _DIFF_AUGMENT),
+}
+
+
+def applies(task: Task, method: str) -> bool:
+    """Whether ``method`` can train on ``task``: PatchNCE embeds a generator's output
+    with its own encoder, so it needs domains with the same channel count."""
+    return task.same_channels or not METHODS[method].get("train", {}).get("lambda_nce")
 
 
 def build_task(task: Task, seed: int):
@@ -257,8 +292,9 @@ def run_jobs(jobs: list[Job], workers: int, threads: int) -> list[dict]:
     return results
 
 
+_METHOD_WIDTH = max(len(name) for name in METHODS) + 2
 HEADER = (
-    f"{'task':<13}{'method':<12}{'budget':<7}{'seed':>4}{'steps':>7}{'PSNR dB':>9}"
+    f"{'task':<13}{'method':<{_METHOD_WIDTH}}{'budget':<7}{'seed':>4}{'steps':>7}{'PSNR dB':>9}"
     f"{'SSIM':>7}{'content':>9}{'cycle %':>9}{'seconds':>9}"
 )
 
@@ -266,7 +302,7 @@ HEADER = (
 def format_row(result: dict) -> str:
     flag = "  INVERTED" if result["content"] < 0 else ""
     return (
-        f"{result['task']:<13}{result['method']:<12}{result['budget']:<7}{result['seed']:>4}"
+        f"{result['task']:<13}{result['method']:<{_METHOD_WIDTH}}{result['budget']:<7}{result['seed']:>4}"
         f"{result['steps']:>7}{result['psnr']:>9.2f}{result['ssim']:>7.3f}"
         f"{result['content']:>9.3f}{result['cycle']:>9.2f}{result['seconds']:>9.1f}{flag}"
     )
@@ -275,7 +311,7 @@ def format_row(result: dict) -> str:
 def summarise(results: list[dict], baseline: str) -> list[str]:
     """Mean ± spread (sample standard deviation) per task, method and budget, and the
     mean PSNR gain over the baseline."""
-    lines = [f"{'task':<13}{'method':<12}{'budget':<7}{'PSNR dB':>15}{'SSIM':>15}"
+    lines = [f"{'task':<13}{'method':<{_METHOD_WIDTH}}{'budget':<7}{'PSNR dB':>15}{'SSIM':>15}"
              f"{'gain dB':>9}{'inverted':>9}"]  # fmt: skip
     groups: dict[tuple, list[dict]] = {}
     for result in results:
@@ -291,7 +327,7 @@ def summarise(results: list[dict], baseline: str) -> list[str]:
         gain = statistics.mean(psnr) - statistics.mean(row["psnr"] for row in base)
         inverted = sum(row["content"] < 0 for row in rows)
         lines.append(
-            f"{task:<13}{method:<12}{budget:<7}"
+            f"{task:<13}{method:<{_METHOD_WIDTH}}{budget:<7}"
             f"{statistics.mean(psnr):>9.2f} ± {spread(psnr):<4.2f}"
             f"{statistics.mean(ssim):>9.3f} ± {spread(ssim):<4.3f}{gain:>+9.2f}"
             f"{inverted:>6}/{len(rows)}"
@@ -328,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     baseline = args.methods[0]
     jobs = [Job(t, m, s, args.steps, "steps") for t in args.tasks for m in args.methods
-            for s in args.seeds]  # fmt: skip
+            for s in args.seeds if applies(TASKS[t], m)]  # fmt: skip
     results = run_jobs(jobs, args.jobs, args.threads) if "steps" in args.budgets else []
     if "time" in args.budgets:
         # Seconds per step of each method, relative to the baseline on the same task.

@@ -67,6 +67,29 @@ def assert_trained_alike(expected: dict, actual: dict, learning_rate: float, ste
     assert mismatched / total < 0.01, f"{mismatched} of {total} weights differ"
 
 
+def train_straight_and_resumed(tmp_path, domains, config: Config, stop_at: int = 3):
+    """Two trainers of ``config``: one trained straight through, one stopped after
+    ``stop_at`` steps and resumed from its checkpoint; returns them when both are done."""
+    from napari_cyclestyle.trainer import Trainer
+
+    straight = Trainer(*domains, config, output=tmp_path / "straight.safetensors")
+    list(straight.run())
+    first = Trainer(*domains, config, output=tmp_path / "resumed.safetensors")
+    for event in first.run():
+        if event.step == stop_at:
+            first.stop()
+    resumed = Trainer(
+        *domains,
+        config,
+        output=tmp_path / "resumed.safetensors",
+        resume=tmp_path / "resumed.checkpoint.pt",
+    )
+    assert resumed.step == stop_at
+    steps = [event.step for event in resumed.run()]
+    assert steps == list(range(stop_at + 1, config.train.total_steps + 1))
+    return straight, resumed
+
+
 @pytest.fixture
 def make_napari_viewer(make_napari_viewer):
     """napari's fixture, with the widgets' triton guard set once a viewer exists.

@@ -350,3 +350,35 @@ def test_running_out_of_memory_in_translation_is_one_error_line(
     assert main(["translate", str(trained), str(source), "-o", str(tmp_path)]) == EXIT_ERROR
     line = one_error_line(capsys.readouterr().err.split("\r")[-1])
     assert "Out of memory" in line and "tile_size" in line
+
+
+def test_method_flags_and_the_paper_preset_reach_the_settings(domains, tmp_path, capsys):
+    assert main(["train", "--help"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for flag in ("--ema-decay", "--upsampling", "--spectral-norm", "--lambda-r1", "--preset"):
+        assert flag in out
+    base = ["train", "--domain-a", str(domains[0]), "--domain-b", str(domains[1]), *TINY]
+    base += ["--steps", "1", "--decay-steps", "0", "--output", str(tmp_path / "m.safetensors")]
+    methods = ["--upsampling", "resize", "--spectral-norm", "--gan-mode", "hinge"]
+    methods += ["--ema-decay", "0.9", "--lambda-r1", "1", "--r1-every", "2"]
+    methods += ["--lambda-structure", "0.5", "--diff-augment", "color,cutout"]
+    methods += ["--lambda-nce", "1", "--nce-layers", "0,4", "--nce-patches", "16"]
+    assert main([*base, *methods, "--save-config", str(tmp_path / "methods.json")]) == EXIT_OK
+    effective = json.loads((tmp_path / "methods.json").read_text())
+    assert effective["model"]["upsampling"] == "resize" and effective["model"]["spectral_norm"]
+    assert effective["train"]["ema_decay"] == 0.9 and effective["train"]["r1_every"] == 2
+    assert effective["train"]["diff_augment"] == "color,cutout"
+    assert effective["train"]["nce_layers"] == "0,4" and effective["train"]["nce_patches"] == 16
+    # The preset sets the paper's values over --config; flags still win over it.
+    config = tmp_path / "config.yaml"
+    config.write_text("train:\n  gan_mode: vanilla\n  lambda_structure: 2.0\n  pool_size: 3\n")
+    preset = ["--config", str(config), "--preset", "paper", "--lambda-identity", "0.2"]
+    argv = [*base, *preset, "--save-config", str(tmp_path / "paper.json")]
+    argv.remove("--pool-size"), argv.remove("2")  # TINY's pool: let the preset set it
+    assert main(argv) == EXIT_OK
+    effective = json.loads((tmp_path / "paper.json").read_text())
+    assert effective["train"]["gan_mode"] == "lsgan" and effective["train"]["pool_size"] == 50
+    assert (
+        effective["train"]["lambda_structure"] == 0
+        and effective["train"]["lambda_identity"] == 0.2
+    )

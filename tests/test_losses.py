@@ -26,7 +26,7 @@ def test_vanilla_is_binary_cross_entropy_on_logits():
 
 def test_unknown_gan_mode_is_refused():
     with pytest.raises(ValueError, match="gan_mode"):
-        GANLoss("hinge")
+        GANLoss("wgan")
 
 
 def test_cycle_loss_is_mean_absolute_error():

@@ -20,7 +20,13 @@ from napari_cyclestyle.trainer import (
     train,
 )
 
-from .conftest import DEVICES, assert_trained_alike, needs_cuda, tiny_config
+from .conftest import (
+    DEVICES,
+    assert_trained_alike,
+    needs_cuda,
+    tiny_config,
+    train_straight_and_resumed,
+)
 
 
 def test_training_yields_one_event_per_step_and_writes_the_model(tmp_path, gray_domains):
@@ -124,21 +130,7 @@ def test_resume_continues_exactly(tmp_path, gray_domains, device, precision, cha
         channels_last=channels_last,
     )
     config.model.dropout = True  # dropout draws from torch's RNG: its state must resume too
-    straight = Trainer(*gray_domains, config, output=tmp_path / "straight.safetensors")
-    list(straight.run())
-
-    first = Trainer(*gray_domains, config, output=tmp_path / "resumed.safetensors")
-    for event in first.run():
-        if event.step == 3:
-            first.stop()
-    resumed = Trainer(
-        *gray_domains,
-        config,
-        output=tmp_path / "resumed.safetensors",
-        resume=tmp_path / "resumed.checkpoint.pt",
-    )
-    assert resumed.step == 3
-    assert [e.step for e in resumed.run()] == [4, 5, 6]
+    straight, resumed = train_straight_and_resumed(tmp_path, gray_domains, config)
 
     expected, actual = _weights(straight), _weights(resumed)
     assert expected.keys() == actual.keys()

@@ -2,8 +2,9 @@
 
 A checkpoint is a torch file of tensors and plain values only (it loads with
 ``weights_only=True``, running no code): the step reached, the configuration, both
-domains' normalisations, the four networks with their optimisers and loss scale, every
-patch stream's random state, each rank's history pools and torch's random states.
+domains' normalisations, the four networks with their optimisers and loss scale, the
+generators' weight averages (with ``ema_decay``), every patch stream's random state,
+each rank's history pools and torch's random states.
 :class:`TrainingCheckpoint` writes it, reads it back and validates it; nothing read from
 a file is trusted.
 """
@@ -47,6 +48,9 @@ _SETTINGS_ENTRIES = {
     "networks": dict,
     "torch_rng": torch.Tensor,
 }
+# Training state of the optional methods: the generators' weight averages, PatchNCE's
+# heads (their shapes are checked as they load into the networks they belong to).
+_OPTIONAL_ENTRIES = ("ema", "nce_heads")
 _ERRORS = (ConfigError, KeyError, TypeError, ValueError, RuntimeError, RecursionError)
 
 
@@ -64,7 +68,7 @@ class TrainingCheckpoint:
         The domains' intensity normalisations.
     model : dict
         :meth:`napari_cyclestyle.cyclegan.CycleGAN.state_dict`: ``networks``,
-        ``optimizer_g``, ``optimizer_d``, ``grad_scaler``.
+        ``optimizer_g``, ``optimizer_d``, ``grad_scaler``, ``ema``, ``nce_heads``.
     data_streams : dict
         Each patch slot's random stream (``str(slot)`` → its bit generator's state as
         JSON), over all ranks.
@@ -111,6 +115,7 @@ class TrainingCheckpoint:
             "cuda_rng": self.cuda_rng,
             "grad_scaler": self.model["grad_scaler"],
             "last_losses": json.dumps(self.last_losses),
+            **{key: self.model[key] for key in _OPTIONAL_ENTRIES if self.model.get(key)},
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -141,6 +146,17 @@ class TrainingCheckpoint:
             if not isinstance(state["networks"].get(name), Mapping):
                 raise ModelFileError(f"{path}: a damaged training checkpoint (no {name} weights).")
             check_state(network, state["networks"][name], f"{path} ({name})")
+        averages = state.get("ema") or {}
+        if not isinstance(averages, Mapping):
+            raise ModelFileError(f"{path}: a damaged training checkpoint (ema is not a dict).")
+        for name, average in averages.items():
+            if name not in ("G", "F") or not isinstance(average, Mapping):
+                raise ModelFileError(f"{path}: a damaged training checkpoint (ema {name!r}).")
+            if not isinstance(average.get("updates"), int) or not isinstance(
+                average.get("weights"), Mapping
+            ):
+                raise ModelFileError(f"{path}: a damaged training checkpoint (ema {name}).")
+            check_state(described[name], average["weights"], f"{path} (ema of {name})")
         return cls.from_state(state, path)
 
     @classmethod
@@ -170,6 +186,8 @@ class TrainingCheckpoint:
                     "optimizer_g": state["optimizer_g"],
                     "optimizer_d": state["optimizer_d"],
                     "grad_scaler": state.get("grad_scaler") or {},
+                    # Older checkpoints and runs without the methods have none.
+                    **{key: state.get(key) or {} for key in _OPTIONAL_ENTRIES},
                 },
                 data_streams=data_streams,
                 pools=state["pools"],

@@ -16,7 +16,11 @@ GENERATORS: tuple[str, ...] = (
 )
 DISCRIMINATORS: tuple[str, ...] = ("basic", "n_layers", "pixel")
 NORMS: tuple[str, ...] = ("instance", "batch", "none")
-GAN_MODES: tuple[str, ...] = ("lsgan", "vanilla")
+GAN_MODES: tuple[str, ...] = ("lsgan", "vanilla", "hinge")
+# How the generators up-sample (see networks.layers.upsampling_layers).
+UPSAMPLINGS: tuple[str, ...] = ("transposed", "resize")
+# The differentiable augmentations a DiffAugment policy may combine (see augment.py).
+DIFF_AUGMENTS: tuple[str, ...] = ("color", "translation", "cutout")
 # How tiled translation normalises InstanceNorm layers (see the tiling package).
 STATISTICS_MODES: tuple[str, ...] = ("exact", "estimate", "tile")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .choices import DEVICES, DISCRIMINATORS, GAN_MODES, GENERATORS, NORMS, PRECISIONS
+from .choices import (
+    DEVICES,
+    DIFF_AUGMENTS,
+    DISCRIMINATORS,
+    GAN_MODES,
+    GENERATORS,
+    NORMS,
+    PRECISIONS,
+    UPSAMPLINGS,
+)
 
 
 class ConfigError(ValueError):
@@ -110,6 +119,14 @@ class ModelConfig:
         ``instance`` (the CycleGAN default), ``batch`` or ``none``.
     dropout : bool
         Dropout(0.5) in the generators' residual / middle U-Net blocks.
+    upsampling : str
+        How the generators up-sample: ``transposed`` (stride-2 transposed convolutions,
+        the paper's and the reference's layout) or ``resize`` (nearest-neighbour ×2,
+        then a 3×3 convolution: Odena et al. 2016's cure for checkerboard artefacts).
+        Model files written before this option existed load as ``transposed``.
+    spectral_norm : bool
+        Spectral normalisation (Miyato et al. 2018) of every convolution of the
+        discriminators, keeping each layer's largest singular value near 1.
     """
 
     generator: str = _setting("resnet_9blocks", "generator architecture", choices=GENERATORS)
@@ -123,14 +140,23 @@ class ModelConfig:
     n_layers_discriminator: int = _setting(3, "layers of the n_layers discriminator")
     norm: str = _setting("instance", "normalisation layers", choices=NORMS)
     dropout: bool = _setting(False, "dropout in the generators")
+    # Methods beyond the paper's recipe (issue 19); off by default.
+    upsampling: str = _setting(
+        "transposed",
+        "generator up-sampling: transposed convolutions (the paper's) or resize = nearest "
+        "x2 then a 3x3 convolution (no checkerboard artefacts)",
+        choices=UPSAMPLINGS,
+    )
+    spectral_norm: bool = _setting(False, "spectral normalisation of the discriminators")
 
     def __post_init__(self) -> None:
         _check_choices(self)
         for name in ("channels_a", "channels_b", "ngf", "ndf", "n_layers_discriminator"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name))
-        if not isinstance(self.dropout, bool):
-            raise ConfigError(f"dropout must be true or false, got {self.dropout!r}.")
+        for name in ("dropout", "spectral_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
 
 
 @dataclass
@@ -149,7 +175,9 @@ class TrainConfig:
     learning_rate, beta1, beta2 : float
         Adam settings for all four networks (paper: 2e-4, 0.5, 0.999).
     gan_mode : str
-        ``lsgan`` (least squares, the paper's choice) or ``vanilla`` (log-likelihood).
+        ``lsgan`` (least squares, the paper's choice), ``vanilla`` (log-likelihood) or
+        ``hinge`` (Lim & Ye 2017; Miyato et al. 2018: the discriminator minimises
+        ``relu(1 - D(real)) + relu(1 + D(fake))``, the generator ``-D(fake)``).
     lambda_cycle_a, lambda_cycle_b : float
         Weights of ‖F(G(a)) − a‖₁ and ‖G(F(b)) − b‖₁.
     lambda_identity : float
@@ -191,6 +219,41 @@ class TrainConfig:
     channels_last : bool
         Keep the networks' weights and the training batches in channels-last memory
         order (NHWC). Tensor cores' convolutions prefer it; on the CPU it is slower.
+    ema_decay : float
+        Keep an exponential moving average of G's and F's weights with this decay
+        (0: off). The model file and the previews then hold the averaged weights; the
+        checkpoint holds both. The decay ramps up as ``min(ema_decay, (1 + t) / (10 +
+        t))`` over the first updates ``t``, so the average does not remember the
+        random initial weights.
+    lambda_r1 : float
+        Weight γ of the R1 penalty (Mescheder et al. 2018), ``γ / 2 · E‖∇D(real)‖²`` on
+        each discriminator's real images (0: off). It needs a double backward, which
+        ``torch.compile`` does not support: with ``compile`` the discriminators then
+        run uncompiled.
+    r1_every : int
+        Compute R1 every this many steps only, weighted by it (StyleGAN2's lazy
+        regularisation; 1: every step).
+    lambda_structure : float
+        Weight of a structure-preserving term for G and F (0: off): one minus the local
+        correlation (SSIM's structure term, 7×7 Gaussian windows) between the
+        luminance of a network's input and of its output. It allows any locally
+        monotone-increasing intensity mapping and punishes inverted content; it
+        applies whatever the domains' channel counts (unlike identity loss).
+    diff_augment : str
+        DiffAugment policy (Zhao et al. 2020): a comma-separated subset of ``color``,
+        ``translation`` and ``cutout`` ("": off). Real and generated images are
+        augmented alike, differentiably, before every discriminator call.
+    lambda_nce : float
+        Weight of CUT's PatchNCE loss (Park et al. 2020) for G and F, beside the cycle
+        loss (0: off): each generator's encoder embeds its input and its output, and
+        each output patch must match the input patch at its place rather than other
+        patches of the image. Needs domains with the same channel count and a resnet
+        or encoder_decoder generator. (CUT's one-sided mode is not implemented.)
+    nce_layers : str
+        Comma-separated indices of the generator's encoder layers PatchNCE reads
+        ("": CUT's 0, 4, 8, 12, 16, those the encoder has).
+    nce_patches : int
+        Positions sampled per image and layer (CUT: 256).
     """
 
     n_steps: int = _setting(100, "steps at the initial learning rate", bounds=(1, 10_000_000))
@@ -241,6 +304,36 @@ class TrainConfig:
     channels_last: bool = _setting(
         False, "channels-last (NHWC) weights and batches: for tensor cores; slower on the CPU"
     )
+    # Methods beyond the paper's recipe (issue 19); all off by default.
+    ema_decay: float = _setting(
+        0.0,
+        "decay of a moving average of the generators' weights, which the model file and "
+        "previews then use (0: off; e.g. 0.995)",
+        bounds=(0.0, 0.9999),
+    )
+    lambda_r1: float = _setting(
+        0.0, "weight of the R1 gradient penalty on real images (0: off)", bounds=(0, 1000)
+    )
+    r1_every: int = _setting(1, "compute R1 every N steps (lazy R1)", bounds=(1, 1000))
+    lambda_structure: float = _setting(
+        0.0,
+        "weight of 1 - local luminance correlation between input and output: keeps "
+        "content, allows other intensities, works between any channel counts (0: off)",
+        bounds=(0, 1000),
+    )
+    diff_augment: str = _setting(
+        "", "DiffAugment policy: comma-separated color, translation, cutout (empty: off)"
+    )
+    lambda_nce: float = _setting(
+        0.0,
+        "weight of CUT's PatchNCE loss beside the cycle loss (0: off; needs equal channel "
+        "counts and a resnet or encoder_decoder generator)",
+        bounds=(0, 1000),
+    )
+    nce_layers: str = _setting(
+        "", "encoder layers PatchNCE reads, e.g. 0,4,8,12,16 (empty: CUT's choice)"
+    )
+    nce_patches: int = _setting(256, "positions PatchNCE samples per layer", bounds=(1, 4096))
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -275,11 +368,49 @@ class TrainConfig:
             _check_positive(name, value, allow_zero=True)
             if value >= 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}.")
+        self._check_methods()
+
+    def _check_methods(self) -> None:
+        _check_positive("ema_decay", self.ema_decay, allow_zero=True)
+        if self.ema_decay >= 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}.")
+        for name in ("lambda_r1", "lambda_structure"):
+            _check_positive(name, getattr(self, name), allow_zero=True)
+        _check_int("r1_every", self.r1_every)
+        _check_positive("r1_every", self.r1_every)
+        if not isinstance(self.diff_augment, str):
+            raise ConfigError(f"diff_augment must be a string, got {self.diff_augment!r}.")
+        for policy in self.augment_policies:
+            _check_choice("diff_augment", policy, DIFF_AUGMENTS)
+        _check_positive("lambda_nce", self.lambda_nce, allow_zero=True)
+        _check_int("nce_patches", self.nce_patches)
+        _check_positive("nce_patches", self.nce_patches)
+        if not isinstance(self.nce_layers, str):
+            raise ConfigError(f"nce_layers must be a string, got {self.nce_layers!r}.")
+        try:
+            layers = self.nce_layer_indices
+        except ValueError as error:
+            raise ConfigError(
+                f"nce_layers={self.nce_layers!r} is not a comma-separated list of layer "
+                "indices, e.g. 0,4,8."
+            ) from error
+        if any(index < 0 for index in layers):
+            raise ConfigError(f"nce_layers must be indices >= 0, got {self.nce_layers!r}.")
 
     @property
     def total_steps(self) -> int:
         """All steps of the run: constant phase plus decay phase."""
         return self.n_steps + self.n_steps_decay
+
+    @property
+    def nce_layer_indices(self) -> tuple[int, ...]:
+        """The layers of ``nce_layers`` (empty: PatchNCE's default choice)."""
+        return tuple(int(part) for part in self.nce_layers.split(",") if part.strip())
+
+    @property
+    def augment_policies(self) -> tuple[str, ...]:
+        """The DiffAugment policies of ``diff_augment``, in order (empty: off)."""
+        return tuple(part.strip() for part in self.diff_augment.split(",") if part.strip())
 
 
 @dataclass

@@ -18,12 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment import diff_augment
 from .config import Config
 from .devices import ieee_float32, is_out_of_memory
 from .distributed import DistributedContext, wrap
-from .losses import GANLoss, ImagePool, cycle_loss
-from .model import build_generators
-from .networks import build_discriminator, init_weights
+from .ema import WeightAverage
+from .losses import GANLoss, ImagePool, cycle_loss, r1_penalty, structure_loss
+from .model import build_discriminators, build_generators
+from .networks import init_weights
+from .patchnce import PatchNCE, choose_layers
 
 # Every loss the step computes; events, logs and model provenance follow this list.
 LOSS_NAMES = (
@@ -37,6 +40,10 @@ LOSS_NAMES = (
     "D_B",
 )
 _GENERATOR_LOSSES = LOSS_NAMES[:6]
+# The losses of the optional methods (issue 19), present when their weight is not 0.
+STRUCTURE_LOSS_NAMES = ("structure_A", "structure_B")
+R1_LOSS_NAMES = ("R1_A", "R1_B")
+NCE_LOSS_NAMES = ("NCE_A", "NCE_B")
 
 
 class _CompiledOrEager:
@@ -133,14 +140,11 @@ class CycleGAN:
     ) -> None:
         train, model = config.train, config.model
         self.config, self.device, self.context = config, device, context
-        self.updates = 0  # training steps begun: the weights change with each
+        # Training steps begun (a resumed trainer sets those before): the weights change
+        # with each, and lazy R1 counts them.
+        self.updates = 0
         generator_ab, generator_ba = build_generators(model)
-        discriminator_a, discriminator_b = (
-            build_discriminator(
-                model.discriminator, channels, model.ndf, model.n_layers_discriminator, model.norm
-            )
-            for channels in (model.channels_a, model.channels_b)
-        )
+        discriminator_a, discriminator_b = build_discriminators(model)
         self.networks = Networks(generator_ab, generator_ba, discriminator_a, discriminator_b)
         for network in self.networks.named().values():
             init_weights(network)
@@ -156,17 +160,42 @@ class CycleGAN:
             name: wrap(network, context, device) for name, network in self.networks.named().items()
         }
         if train.compile:
-            called = {name: _CompiledOrEager(network, name) for name, network in called.items()}
+            # R1 differentiates the discriminators' gradients (a double backward), which
+            # torch.compile does not support: with lambda_r1 they run uncompiled.
+            compiled = ("G", "F") if train.lambda_r1 > 0 else tuple(called)
+            called = {
+                name: _CompiledOrEager(network, name) if name in compiled else network
+                for name, network in called.items()
+            }
         self._called = Networks(*called.values())
+        # G's and F's weight averages (ema_decay > 0): what the model file and previews show.
+        self.averages = (
+            {
+                "G": WeightAverage(generator_ab, train.ema_decay),
+                "F": WeightAverage(generator_ba, train.ema_decay),
+            }
+            if train.ema_decay > 0
+            else {}
+        )
+        self.augment_policies = train.augment_policies
+        self.loss_names = (
+            LOSS_NAMES
+            + (STRUCTURE_LOSS_NAMES if train.lambda_structure > 0 else ())
+            + (R1_LOSS_NAMES if train.lambda_r1 > 0 else ())
+            + (NCE_LOSS_NAMES if train.lambda_nce > 0 else ())
+        )
         self.batched_forward = train.batched_forward and model.norm != "batch"
         self.use_identity = train.lambda_identity > 0 and model.channels_a == model.channels_b
         self.precision = resolve_precision(train.precision, device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        # PatchNCE's MLP heads (lambda_nce > 0), trained with the generators.
+        self.patch_nce = self._patch_nce(generator_ab, generator_ba) if train.lambda_nce else {}
+        heads = [p for patch_nce in self.patch_nce.values() for p in patch_nce.parameters()]
         fused = device.type in ("cpu", "cuda")
         betas = (train.beta1, train.beta2)
         self.optimizer_g = torch.optim.Adam(
-            [*generator_ab.parameters(), *generator_ba.parameters()],
+            [*generator_ab.parameters(), *generator_ba.parameters(), *heads],
             train.learning_rate,
             betas,
             fused=fused,
@@ -186,6 +215,29 @@ class CycleGAN:
             train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 2)
         )
 
+    def _patch_nce(self, generator_ab: nn.Module, generator_ba: nn.Module) -> dict:
+        """PatchNCE of G and of F, their heads on the device.
+
+        Raises
+        ------
+        ValueError
+            For domains with different channel counts (a generator's encoder embeds
+            its own output) or a generator PatchNCE cannot read.
+        """
+        model, train = self.config.model, self.config.train
+        if model.channels_a != model.channels_b:
+            raise ValueError(
+                f"PatchNCE (lambda_nce) embeds a generator's output with its own encoder, so "
+                f"both domains need the same channel count (A has {model.channels_a}, B "
+                f"{model.channels_b}); lambda_structure keeps content between any counts."
+            )
+        return {
+            name: PatchNCE(
+                network, choose_layers(network, train.nce_layer_indices), train.nce_patches
+            ).to(self.device)
+            for name, network in (("G", generator_ab), ("F", generator_ba))
+        }
+
     # ------------------------------------------------------------------ one step
     def training_step(
         self, real_a: torch.Tensor, real_b: torch.Tensor, learning_rate: float
@@ -202,7 +254,8 @@ class CycleGAN:
         Returns
         -------
         dict
-            Every loss of :data:`LOSS_NAMES` as a detached 0-d tensor on the device
+            Every loss of :attr:`loss_names` (:data:`LOSS_NAMES` and those of the
+            methods in use) as a detached 0-d tensor on the device
             (reading them back is a host sync: the trainer does it every few steps).
         """
         self.updates += 1
@@ -236,29 +289,66 @@ class CycleGAN:
                 )
             else:
                 losses["identity_A"] = losses["identity_B"] = real_a.new_zeros(())
-            losses["G_adversarial"] = self.gan_loss(raw.discriminator_b(out["fake_B"]), True)
-            losses["F_adversarial"] = self.gan_loss(raw.discriminator_a(out["fake_A"]), True)
+            for name, network, fake in (
+                ("G_adversarial", raw.discriminator_b, out["fake_B"]),
+                ("F_adversarial", raw.discriminator_a, out["fake_A"]),
+            ):
+                judged = network(self._augment(fake))
+                losses[name] = self.gan_loss(judged, True, for_discriminator=False)
             losses["cycle_A"] = cycle_loss(out["rec_A"], real_a) * train.lambda_cycle_a
             losses["cycle_B"] = cycle_loss(out["rec_B"], real_b) * train.lambda_cycle_b
-            generator_total = sum(losses[name] for name in _GENERATOR_LOSSES)
+            names = _GENERATOR_LOSSES
+            if train.lambda_structure > 0:
+                weight = train.lambda_structure
+                losses["structure_A"] = structure_loss(real_a, out["fake_B"]) * weight
+                losses["structure_B"] = structure_loss(real_b, out["fake_A"]) * weight
+                names += STRUCTURE_LOSS_NAMES
+            if self.patch_nce:
+                weight = train.lambda_nce
+                for name, key, network, real, fake in (
+                    ("NCE_A", "G", raw.generator_ab, real_a, out["fake_B"]),
+                    ("NCE_B", "F", raw.generator_ba, real_b, out["fake_A"]),
+                ):
+                    losses[name] = self.patch_nce[key](network, real, fake) * weight
+                names += NCE_LOSS_NAMES
+            generator_total = sum(losses[name] for name in names)
         self.optimizer_g.zero_grad(set_to_none=True)
         self._backward_and_step(generator_total, self.optimizer_g)
+        for name, average in self.averages.items():
+            average.update(self.networks.named()[name])
 
-        # Discriminators: real images against a history of fakes.
+        # Discriminators: real images against a history of fakes (and R1 on the reals).
         for network in (raw.discriminator_a, raw.discriminator_b):
             network.requires_grad_(True)
+        with_r1 = train.lambda_r1 > 0 and self.updates % train.r1_every == 0
         with autocast:
-            for name, network, real, fake, pool in (
-                ("D_A", n.discriminator_a, real_a, out["fake_A"], self.pool_a),
-                ("D_B", n.discriminator_b, real_b, out["fake_B"], self.pool_b),
+            for name, r1_name, network, real, fake, pool in (
+                ("D_A", "R1_A", n.discriminator_a, real_a, out["fake_A"], self.pool_a),
+                ("D_B", "R1_B", n.discriminator_b, real_b, out["fake_B"], self.pool_b),
             ):
-                on_real, on_fake = self._discriminate(network, real, pool.query(fake))
+                if with_r1:
+                    real = real.detach().requires_grad_(True)
+                on_real, on_fake = self._discriminate(
+                    network, self._augment(real), self._augment(pool.query(fake))
+                )
                 losses[name] = 0.5 * (self.gan_loss(on_real, True) + self.gan_loss(on_fake, False))
+                if with_r1:  # lazily every r1_every steps, weighted to match
+                    weight = train.lambda_r1 * train.r1_every
+                    losses[r1_name] = r1_penalty(on_real, real) * weight
+                elif train.lambda_r1 > 0:
+                    losses[r1_name] = real.new_zeros(())
+        discriminator_total = losses["D_A"] + losses["D_B"]
+        if with_r1:
+            discriminator_total = discriminator_total + losses["R1_A"] + losses["R1_B"]
         self.optimizer_d.zero_grad(set_to_none=True)
-        self._backward_and_step(losses["D_A"] + losses["D_B"], self.optimizer_d)
+        self._backward_and_step(discriminator_total, self.optimizer_d)
         if self.scaler is not None:
             self.scaler.update()
-        return {name: losses[name].detach() for name in LOSS_NAMES}
+        return {name: losses[name].detach() for name in self.loss_names}
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """A discriminator's input under the DiffAugment policy (itself when off)."""
+        return diff_augment(images, self.augment_policies) if self.augment_policies else images
 
     def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """fake_B = G(a), rec_A = F(G(a)), fake_A = F(b), rec_B = G(F(b)) and identities.
@@ -303,25 +393,30 @@ class CycleGAN:
             self.scaler.step(optimizer)
 
     # ------------------------------------------------------------------ outputs
+    def shown_generators(self) -> tuple[nn.Module, nn.Module]:
+        """``G`` and ``F`` as the model file and previews show them: the weight
+        averages with ``ema_decay``, else the networks being trained."""
+        if self.averages:
+            return self.averages["G"].network, self.averages["F"].network
+        return self.networks.generator_ab, self.networks.generator_ba
+
     @torch.inference_mode()
     def preview(self, real_a: torch.Tensor, real_b: torch.Tensor) -> tuple[np.ndarray, ...]:
-        """``G(real_a)[0]`` and ``F(real_b)[0]`` as float32 ``(C, Y, X)`` arrays."""
+        """``G(real_a)[0]`` and ``F(real_b)[0]`` as float32 ``(C, Y, X)`` arrays (by the
+        weight averages with ``ema_decay``)."""
         fakes = []
-        for network, real in (
-            (self.networks.generator_ab, real_a),
-            (self.networks.generator_ba, real_b),
-        ):
+        for network, real in zip(self.shown_generators(), (real_a, real_b), strict=True):
+            training = network.training
             network.eval()
             fakes.append(network(real.to(self.device)).float().cpu().numpy()[0])
-            network.train()
+            network.train(training)
         return tuple(fakes)
 
     def generators(self) -> tuple[nn.Module, nn.Module]:
-        """Copies of ``G`` and ``F`` as they are now, on the CPU and in eval mode."""
+        """Copies of ``G`` and ``F`` as they are now (the weight averages with
+        ``ema_decay``), on the CPU and in eval mode."""
         copies = build_generators(self.config.model)
-        for copy, network in zip(
-            copies, (self.networks.generator_ab, self.networks.generator_ba), strict=True
-        ):
+        for copy, network in zip(copies, self.shown_generators(), strict=True):
             copy.load_state_dict(network.state_dict())
             copy.eval()
         return copies
@@ -329,9 +424,11 @@ class CycleGAN:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the model being trained, the same on every rank:
-        ``networks`` (by name), ``optimizer_g``, ``optimizer_d`` and ``grad_scaler``
-        (fp16's loss scale, learnt over the steps so far; empty in other precisions)."""
-        return {
+        ``networks`` (by name), ``optimizer_g``, ``optimizer_d``, ``grad_scaler``
+        (fp16's loss scale, learnt over the steps so far; empty in other precisions) and,
+        with ``ema_decay``, ``ema`` (the weight averages of G and F by name), with
+        ``lambda_nce``, ``nce_heads`` (PatchNCE's heads of G and F by name)."""
+        state = {
             "networks": {
                 name: network.state_dict() for name, network in self.networks.named().items()
             },
@@ -339,14 +436,29 @@ class CycleGAN:
             "optimizer_d": self.optimizer_d.state_dict(),
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
         }
+        if self.averages:
+            state["ema"] = {name: average.state_dict() for name, average in self.averages.items()}
+        if self.patch_nce:
+            state["nce_heads"] = {name: nce.state_dict() for name, nce in self.patch_nce.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the optimisers and the loss scale of :meth:`state_dict` (the networks'
-        weights are given to the constructor, before wrapping)."""
+        """Restore the optimisers, the loss scale and the weight averages of
+        :meth:`state_dict` (the networks' weights are given to the constructor, before
+        wrapping). A checkpoint without averages (``ema_decay`` turned on when resuming)
+        starts them from the weights resumed; one without PatchNCE heads, with new ones."""
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
         if self.scaler is not None and state.get("grad_scaler"):  # older checkpoints: none
             self.scaler.load_state_dict(state["grad_scaler"])
+        saved = state.get("ema") or {}
+        for name, average in self.averages.items():
+            if name in saved:
+                average.load_state_dict(saved[name])
+        heads = state.get("nce_heads") or {}
+        for name, patch_nce in self.patch_nce.items():
+            if name in heads:
+                patch_nce.load_state_dict(heads[name])
 
     def pool_state_dict(self) -> dict[str, Any]:
         """This rank's history pools (each rank keeps its own)."""

@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .intensity import IntensityNorm
-from .networks import build_generator
+from .networks import build_discriminator, build_generator
 
 _DIRECTION_ALIASES = {
     "atob": "AtoB",
@@ -39,7 +39,12 @@ def parse_direction(direction: str) -> str:
 
 def build_generators(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """Build untrained ``G`` (A→B) and ``F`` (B→A) for ``config``."""
-    kwargs = {"ngf": config.ngf, "norm": config.norm, "dropout": config.dropout}
+    kwargs = {
+        "ngf": config.ngf,
+        "norm": config.norm,
+        "dropout": config.dropout,
+        "upsampling": config.upsampling,
+    }
     generator_ab = build_generator(
         config.generator, config.channels_a, config.channels_b, **kwargs
     )
@@ -47,6 +52,21 @@ def build_generators(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         config.generator, config.channels_b, config.channels_a, **kwargs
     )
     return generator_ab, generator_ba
+
+
+def build_discriminators(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """Build untrained ``D_A`` and ``D_B`` for ``config``."""
+    return tuple(
+        build_discriminator(
+            config.discriminator,
+            channels,
+            config.ndf,
+            config.n_layers_discriminator,
+            config.norm,
+            spectral_norm=config.spectral_norm,
+        )
+        for channels in (config.channels_a, config.channels_b)
+    )
 
 
 @dataclass
@@ -113,6 +133,7 @@ class CycleStyleModel:
         lines = [
             f"generator: {c.generator} (ngf {c.ngf}, norm {c.norm}"
             + (", dropout" if c.dropout else "")
+            + (f", {c.upsampling} up-sampling" if c.upsampling != "transposed" else "")
             + ")",
             f"channels: A {c.channels_a}, B {c.channels_b}",
             f"directions: {', '.join(self.directions)}",

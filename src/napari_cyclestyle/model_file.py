@@ -34,8 +34,8 @@ from torch import nn
 from .config import ConfigError, ModelConfig
 from .files import atomic_write_bytes
 from .intensity import IntensityNorm
-from .model import CycleStyleModel, build_generators
-from .networks import build_discriminator, generator_from_spec
+from .model import CycleStyleModel, build_discriminators, build_generators
+from .networks import generator_from_spec
 from .reference import infer_generator_spec, strip_legacy_norm_keys
 
 FORMAT_NAME = "napari-cyclestyle"
@@ -234,14 +234,7 @@ def described_networks(
             generator_ab, generator_ba = build_generators(config)
             networks = {"G": generator_ab, "F": generator_ba}
             if discriminators:
-                for name, channels in (("D_A", config.channels_a), ("D_B", config.channels_b)):
-                    networks[name] = build_discriminator(
-                        config.discriminator,
-                        channels,
-                        config.ndf,
-                        config.n_layers_discriminator,
-                        config.norm,
-                    )
+                networks["D_A"], networks["D_B"] = build_discriminators(config)
     except (RuntimeError, OverflowError, ValueError) as error:
         raise ModelFileError(
             f"{path}: the description asks for a network that cannot be built ({error})."

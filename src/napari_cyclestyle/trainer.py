@@ -94,7 +94,8 @@ class TrainEvent:
     steps_per_second : float
         Speed of this run so far.
     losses : dict or None
-        Loss values (see ``LOSS_NAMES``) on steps where they were read back from the
+        Loss values (see ``LOSS_NAMES``, and ``CycleGAN.loss_names`` for the terms
+        of the optional methods) on steps where they were read back from the
         device (every ``log_every`` steps and the last), else None.
     preview : dict or None
         Every ``preview_every`` steps: ``real_A``, ``fake_B`` (= G(real_A)), ``real_B``,
@@ -307,10 +308,11 @@ class Trainer:
 
     def _read_losses(self, step_losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """Bring the losses (averaged over ranks) to the host and check they are finite."""
+        names = self.cyclegan.loss_names
         stacked = distributed.mean_over_ranks(
-            torch.stack([step_losses[name].float() for name in LOSS_NAMES]), self.context
+            torch.stack([step_losses[name].float() for name in names]), self.context
         )
-        losses = dict(zip(LOSS_NAMES, stacked.tolist(), strict=True))
+        losses = dict(zip(names, stacked.tolist(), strict=True))
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise TrainingDiverged.at(self.step, bad)
@@ -422,7 +424,7 @@ class Trainer:
                 f"{self._resume_path}: a damaged training checkpoint ({error!r}); resume "
                 "from an earlier copy or start a new run."
             ) from error
-        self.step = checkpoint.step
+        self.step = self.cyclegan.updates = checkpoint.step
         self.last_losses = checkpoint.last_losses
 
 

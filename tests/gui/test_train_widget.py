@@ -306,3 +306,24 @@ def _wait_for_step(widget, step, timeout=60_000):
             raise AssertionError(f"training ended before step {step}")
         time.sleep(0.01)
     raise AssertionError(f"step {step} not reached in {timeout} ms")
+
+
+def test_the_advanced_fold_offers_the_methods_off_at_first(qtbot):
+    from napari_cyclestyle._widgets._train_fields import TrainingFields
+    from napari_cyclestyle.config import Config
+
+    fields = TrainingFields()
+    qtbot.addWidget(fields.advanced.native)
+    config = fields.config()
+    assert config.model.upsampling == Config().model.upsampling  # the paper's recipe
+    assert config.train.ema_decay == config.train.lambda_structure == 0
+    fields.upsampling.value, fields.spectral_norm.value = "resize", True
+    fields.ema_decay.value, fields.lambda_r1.value, fields.r1_every.value = 0.995, 1.0, 4
+    fields.lambda_structure.value, fields.diff_augment.value = 2.0, "translation, cutout"
+    fields.lambda_nce.value, fields.nce_patches.value = 1.0, 64
+    config = fields.config()
+    assert (config.model.upsampling, config.model.spectral_norm) == ("resize", True)
+    assert config.train.ema_decay == 0.995 and config.train.r1_every == 4
+    assert config.train.lambda_r1 == 1.0 and config.train.lambda_structure == 2.0
+    assert config.train.augment_policies == ("translation", "cutout")
+    assert config.train.lambda_nce == 1.0 and config.train.nce_patches == 64

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    SpinBox,
+)
 
 from ..config import Config, ModelConfig, TrainConfig, settings
 
@@ -90,6 +99,29 @@ class TrainingFields:
         self.resume = FileEdit(
             label="resume from", mode="r", nullable=True, filter="*.checkpoint.pt"
         )
+        # Methods beyond the paper's recipe (issue 19); all off at first.
+        self.upsampling = _choice(ModelConfig, "upsampling", "up-sampling")
+        self.spectral_norm = CheckBox(label="spectral norm D", value=False)
+        self.ema_decay = _number(TrainConfig, "ema_decay", "EMA decay", step=0.001)
+        self.ema_decay.native.setDecimals(4)
+        self.lambda_r1 = _number(TrainConfig, "lambda_r1", "λ R1", step=0.1)
+        self.r1_every = _number(TrainConfig, "r1_every", "R1 every")
+        self.lambda_structure = _number(TrainConfig, "lambda_structure", "λ structure", step=0.1)
+        self.diff_augment = LineEdit(label="DiffAugment", value="")
+        self.diff_augment.tooltip = settings(TrainConfig)["diff_augment"].help
+        self.lambda_nce = _number(TrainConfig, "lambda_nce", "λ PatchNCE", step=0.1)
+        self.nce_patches = _number(TrainConfig, "nce_patches", "PatchNCE patches")
+        methods = [
+            self.upsampling,
+            self.spectral_norm,
+            self.ema_decay,
+            self.lambda_r1,
+            self.r1_every,
+            self.lambda_structure,
+            self.diff_augment,
+            self.lambda_nce,
+            self.nce_patches,
+        ]
         self.advanced = Container(
             labels=True,
             widgets=[
@@ -108,6 +140,7 @@ class TrainingFields:
                 self.channel_axis_a,
                 self.channel_axis_b,
                 self.resume,
+                *methods,
             ],
         )
         self.main = [
@@ -135,6 +168,8 @@ class TrainingFields:
                 ngf=int(self.ngf.value),
                 ndf=int(self.ndf.value),
                 norm=self.norm.value,
+                upsampling=self.upsampling.value,
+                spectral_norm=bool(self.spectral_norm.value),
             ),
             train=TrainConfig(
                 n_steps=int(self.n_steps.value),
@@ -151,5 +186,12 @@ class TrainingFields:
                 checkpoint_every=int(self.checkpoint_every.value),
                 preview_every=int(self.preview_every.value),
                 log_every=int(self.log_every.value),
+                ema_decay=float(self.ema_decay.value),
+                lambda_r1=float(self.lambda_r1.value),
+                r1_every=int(self.r1_every.value),
+                lambda_structure=float(self.lambda_structure.value),
+                diff_augment=str(self.diff_augment.value).strip(),
+                lambda_nce=float(self.lambda_nce.value),
+                nce_patches=int(self.nce_patches.value),
             ),
         )

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import Config, ModelConfig, TrainConfig, settings
 from ..io import image_grid, image_to_rgb8, write_image
+from ..presets import PRESETS, apply_preset
 from .common import (
     DEFAULT_MODEL,
     EXIT_INTERRUPTED,
@@ -36,6 +37,9 @@ _MODEL_FLAGS = {
     "--ndf": ("ndf", {"type": int, "metavar": "N"}),
     "--norm": ("norm", {}),
     "--dropout": ("dropout", {"action": argparse.BooleanOptionalAction}),
+    # Methods beyond the paper's recipe (issue 19).
+    "--upsampling": ("upsampling", {}),
+    "--spectral-norm": ("spectral_norm", {"action": argparse.BooleanOptionalAction}),
 }
 
 _TRAIN_FLAGS = {
@@ -62,6 +66,15 @@ _TRAIN_FLAGS = {
     "--checkpoint-every": ("checkpoint_every", {"type": int, "metavar": "N"}),
     "--preview-every": ("preview_every", {"type": int, "metavar": "N"}),
     "--log-every": ("log_every", {"type": int, "metavar": "N"}),
+    # Methods beyond the paper's recipe (issue 19).
+    "--ema-decay": ("ema_decay", {"type": float, "metavar": "DECAY"}),
+    "--lambda-r1": ("lambda_r1", {"type": float, "metavar": "WEIGHT"}),
+    "--r1-every": ("r1_every", {"type": int, "metavar": "N"}),
+    "--lambda-structure": ("lambda_structure", {"type": float, "metavar": "WEIGHT"}),
+    "--diff-augment": ("diff_augment", {"metavar": "POLICY"}),
+    "--lambda-nce": ("lambda_nce", {"type": float, "metavar": "WEIGHT"}),
+    "--nce-layers": ("nce_layers", {"metavar": "LAYERS"}),
+    "--nce-patches": ("nce_patches", {"type": int, "metavar": "N"}),
 }
 
 
@@ -86,8 +99,9 @@ def add_parser(subparsers) -> None:
         help="train a model between two folders of images",
         description=(
             "Train a CycleGAN between domain A and domain B (unpaired images). Settings "
-            "come from the defaults, then --config, then the flags below. Ctrl-C stops "
-            "after the current step, saves the model and a checkpoint, and exits with "
+            "come from the defaults, then --config, then --preset, then the flags below. "
+            "Ctrl-C stops after the current step, saves the model and a checkpoint, and "
+            "exits with "
             f"code {EXIT_INTERRUPTED}; --resume continues from the checkpoint (its settings "
             "are kept unless overridden; the architecture cannot change)."
         ),
@@ -118,6 +132,13 @@ def add_parser(subparsers) -> None:
         f"(default: {DEFAULT_MODEL}, or the resumed checkpoint's model)",
     )
     files.add_argument("--config", metavar="FILE", help="settings from a .json/.yaml file")
+    files.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="set a published recipe's settings explicitly, over --config and under the "
+        "flags: paper = the CycleGAN paper's (lsgan, cycle 10, identity 0.5, pool 50, Adam "
+        "2e-4 beta1 0.5, transposed convolutions, no newer method)",
+    )
     files.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint")
     files.add_argument(
         "--save-config", metavar="FILE", help="write the effective settings as JSON"
@@ -163,6 +184,13 @@ def _train_config(args: argparse.Namespace, checkpoint_config: Config | None) ->
     else:
         base = checkpoint_config or Config()
     settings = base.to_dict()
+    if args.preset is not None:
+        settings = apply_preset(args.preset, settings)
+        if checkpoint_config is not None and settings["model"] != base.to_dict()["model"]:
+            raise UsageError(
+                f"--preset {args.preset} sets an architecture other than the checkpoint's; "
+                "resume without it."
+            )
     settings["model"].update(model_overrides)
     settings["train"].update(_overrides(args, _TRAIN_FLAGS))
     if args.preview_dir is None:

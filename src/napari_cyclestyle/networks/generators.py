@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import NORMS
-from .layers import check_choice, check_count, conv_bias, norm_layer
+from .layers import check_choice, check_count, conv_bias, norm_layer, upsampling_layers
 
 # --------------------------------------------------------------------------------------
 # ResNet generator
@@ -81,6 +81,10 @@ class ResnetGenerator(nn.Module):
         Dropout(0.5) inside every residual block.
     n_blocks : int
         Number of residual blocks (9 for ``resnet_9blocks``, 6 for ``resnet_6blocks``).
+    upsampling : str
+        ``"transposed"`` (the reference layout) or ``"resize"``: each transposed
+        convolution becomes ``[Upsample ×2 nearest, Conv3×3]`` (see
+        :func:`~napari_cyclestyle.networks.layers.upsampling_layers`).
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class ResnetGenerator(nn.Module):
         norm: str = "instance",
         dropout: bool = False,
         n_blocks: int = 9,
+        upsampling: str = "transposed",
     ) -> None:
         super().__init__()
         check_choice("norm", norm, NORMS)
@@ -101,6 +106,7 @@ class ResnetGenerator(nn.Module):
         self.norm = norm
         self.dropout = dropout
         self.n_blocks = n_blocks
+        self.upsampling = upsampling
         bias = conv_bias(norm)
 
         layers: list[nn.Module] = [
@@ -120,14 +126,15 @@ class ResnetGenerator(nn.Module):
         layers += [ResnetBlock(channels, norm=norm, dropout=dropout) for _ in range(n_blocks)]
         for _ in range(2):
             layers += [
-                nn.ConvTranspose2d(
+                *upsampling_layers(
+                    upsampling,
                     channels,
                     channels // 2,
+                    bias,
                     kernel_size=3,
                     stride=2,
                     padding=1,
                     output_padding=1,
-                    bias=bias,
                 ),
                 norm_layer(norm, channels // 2),
                 nn.ReLU(),
@@ -148,6 +155,10 @@ class ResnetGenerator(nn.Module):
 # --------------------------------------------------------------------------------------
 # U-Net generator
 # --------------------------------------------------------------------------------------
+
+
+# The 4×4 transposed up-convolutions of the U-Net and the encoder-decoder.
+_UP_4X4 = {"kernel_size": 4, "stride": 2, "padding": 1}
 
 
 class UnetSkipBlock(nn.Module):
@@ -182,6 +193,9 @@ class UnetSkipBlock(nn.Module):
         ``"instance"``, ``"batch"`` or ``"none"``.
     dropout : bool
         Append ``Dropout(0.5)`` after the up path (middle blocks only).
+    upsampling : str
+        ``"transposed"`` (the reference layout) or ``"resize"`` (each up-convolution
+        becomes ``[Upsample ×2 nearest, Conv3×3]``, shifting the later indices).
     """
 
     def __init__(
@@ -195,6 +209,7 @@ class UnetSkipBlock(nn.Module):
         innermost: bool = False,
         norm: str = "instance",
         dropout: bool = False,
+        upsampling: str = "transposed",
     ) -> None:
         super().__init__()
         check_choice("norm", norm, NORMS)
@@ -219,7 +234,7 @@ class UnetSkipBlock(nn.Module):
                 down_conv,
                 submodule,
                 nn.ReLU(),
-                nn.ConvTranspose2d(up_in, outer_channels, kernel_size=4, stride=2, padding=1),
+                *upsampling_layers(upsampling, up_in, outer_channels, True, **_UP_4X4),
                 nn.Tanh(),
             ]
         elif innermost:
@@ -227,9 +242,7 @@ class UnetSkipBlock(nn.Module):
                 nn.LeakyReLU(0.2),
                 down_conv,
                 nn.ReLU(),
-                nn.ConvTranspose2d(
-                    up_in, outer_channels, kernel_size=4, stride=2, padding=1, bias=bias
-                ),
+                *upsampling_layers(upsampling, up_in, outer_channels, bias, **_UP_4X4),
                 norm_layer(norm, outer_channels),
             ]
         else:
@@ -240,9 +253,7 @@ class UnetSkipBlock(nn.Module):
                 norm_layer(norm, inner_channels),
                 submodule,
                 nn.ReLU(),
-                nn.ConvTranspose2d(
-                    up_in, outer_channels, kernel_size=4, stride=2, padding=1, bias=bias
-                ),
+                *upsampling_layers(upsampling, up_in, outer_channels, bias, **_UP_4X4),
                 norm_layer(norm, outer_channels),
             ]
             if dropout:
@@ -276,6 +287,8 @@ class UnetGenerator(nn.Module):
         ``"instance"``, ``"batch"`` or ``"none"``.
     dropout : bool
         Dropout(0.5) in the ``num_downs - 5`` middle ``8 ngf`` blocks.
+    upsampling : str
+        ``"transposed"`` or ``"resize"`` (see :class:`UnetSkipBlock`).
     """
 
     def __init__(
@@ -286,6 +299,7 @@ class UnetGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "instance",
         dropout: bool = False,
+        upsampling: str = "transposed",
     ) -> None:
         super().__init__()
         check_choice("norm", norm, NORMS)
@@ -297,14 +311,16 @@ class UnetGenerator(nn.Module):
         self.norm = norm
         self.dropout = dropout
 
-        block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True, norm=norm)
+        self.upsampling = upsampling
+        kinds = {"norm": norm, "upsampling": upsampling}
+        block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True, **kinds)
         for _ in range(num_downs - 5):
-            block = UnetSkipBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, dropout=dropout)
-        block = UnetSkipBlock(ngf * 4, ngf * 8, submodule=block, norm=norm)
-        block = UnetSkipBlock(ngf * 2, ngf * 4, submodule=block, norm=norm)
-        block = UnetSkipBlock(ngf, ngf * 2, submodule=block, norm=norm)
+            block = UnetSkipBlock(ngf * 8, ngf * 8, submodule=block, dropout=dropout, **kinds)
+        block = UnetSkipBlock(ngf * 4, ngf * 8, submodule=block, **kinds)
+        block = UnetSkipBlock(ngf * 2, ngf * 4, submodule=block, **kinds)
+        block = UnetSkipBlock(ngf, ngf * 2, submodule=block, **kinds)
         self.model = UnetSkipBlock(
-            out_channels, ngf, in_channels=in_channels, submodule=block, outermost=True, norm=norm
+            out_channels, ngf, in_channels=in_channels, submodule=block, outermost=True, **kinds
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -336,6 +352,9 @@ class EncoderDecoderGenerator(nn.Module):
         ``"instance"``, ``"batch"`` or ``"none"``.
     dropout : bool
         Dropout(0.5) after the first two decoder stages (shifts the later indices).
+    upsampling : str
+        ``"transposed"`` or ``"resize"`` (each decoder stage's transposed convolution
+        becomes ``[Upsample ×2 nearest, Conv3×3]``).
     """
 
     def __init__(
@@ -345,6 +364,7 @@ class EncoderDecoderGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "instance",
         dropout: bool = False,
+        upsampling: str = "transposed",
     ) -> None:
         super().__init__()
         check_choice("norm", norm, NORMS)
@@ -353,6 +373,7 @@ class EncoderDecoderGenerator(nn.Module):
         self.ngf = ngf
         self.norm = norm
         self.dropout = dropout
+        self.upsampling = upsampling
         bias = conv_bias(norm)
 
         layers: list[nn.Module] = [
@@ -367,16 +388,14 @@ class EncoderDecoderGenerator(nn.Module):
         ]
         for channels in (ngf * 4, ngf * 2):
             layers += [
-                nn.ConvTranspose2d(
-                    channels, channels // 2, kernel_size=4, stride=2, padding=1, bias=bias
-                ),
+                *upsampling_layers(upsampling, channels, channels // 2, bias, **_UP_4X4),
                 norm_layer(norm, channels // 2),
                 nn.ReLU(),
             ]
             if dropout:
                 layers.append(nn.Dropout(0.5))
         layers += [
-            nn.ConvTranspose2d(ngf, out_channels, kernel_size=4, stride=2, padding=1),
+            *upsampling_layers(upsampling, ngf, out_channels, True, **_UP_4X4),
             nn.Tanh(),
         ]
         self.model = nn.Sequential(*layers)

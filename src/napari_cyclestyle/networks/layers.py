@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..choices import NORMS
+from ..choices import NORMS, UPSAMPLINGS
 
 
 def check_choice(what: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -46,6 +46,50 @@ def conv_bias(norm: str) -> bool:
     return norm != "batch"
 
 
+def upsampling_layers(
+    upsampling: str, in_channels: int, out_channels: int, bias: bool, **transposed: Any
+) -> list[nn.Module]:
+    """The layers of one ×2 up-sampling stage.
+
+    Parameters
+    ----------
+    upsampling : str
+        ``"transposed"``: one ``ConvTranspose2d(in_channels, out_channels, **transposed)``
+        (the reference layout). ``"resize"``: ``Upsample(×2, nearest)`` then a 3×3
+        convolution with zero padding 1 (Odena et al. 2016: every output pixel gets the
+        same number of kernel taps, so no checkerboard).
+    in_channels, out_channels : int
+        Channels before and after the stage.
+    bias : bool
+        Whether the convolution has a bias.
+    **transposed
+        ``kernel_size``, ``stride``, ``padding``, ``output_padding`` of the transposed
+        convolution (ignored by ``"resize"``).
+    """
+    check_choice("upsampling", upsampling, UPSAMPLINGS)
+    if upsampling == "transposed":
+        return [nn.ConvTranspose2d(in_channels, out_channels, bias=bias, **transposed)]
+    return [
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias),
+    ]
+
+
+def spectral_normalized(network: nn.Module) -> nn.Module:
+    """``network`` with spectral normalisation on every convolution's weight (in place).
+
+    Uses ``torch.nn.utils.parametrizations.spectral_norm`` (one power iteration per
+    training forward); call it after :func:`init_weights`, which it then still reaches
+    through the parametrisation's ``original`` weight.
+    """
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for layer in list(network.modules()):
+        if isinstance(layer, nn.Conv2d):
+            spectral_norm(layer)
+    return network
+
+
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
     """Initialise weights in place as the reference does (``init_type="normal"``).
 
@@ -60,9 +104,14 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
     gain : float
         Standard deviation of the normal distributions.
     """
+    from torch.nn.utils import parametrize
+
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(layer.weight, 0.0, gain)
+            if parametrize.is_parametrized(layer, "weight"):  # spectral norm
+                nn.init.normal_(layer.parametrizations.weight.original, 0.0, gain)
+            else:
+                nn.init.normal_(layer.weight, 0.0, gain)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
         elif isinstance(layer, nn.BatchNorm2d) and layer.weight is not None:

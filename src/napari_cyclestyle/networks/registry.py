@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..choices import DISCRIMINATORS, GENERATORS, NORMS
+from ..choices import DISCRIMINATORS, GENERATORS, NORMS, UPSAMPLINGS
 from .discriminators import NLayerDiscriminator, PixelDiscriminator
 from .generators import EncoderDecoderGenerator, ResnetGenerator, UnetGenerator
-from .layers import check_choice, check_count
+from .layers import check_choice, check_count, spectral_normalized
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class GeneratorFacts:
         encoder-decoder generators, the size multiple for the U-Nets (whose innermost
         block has no norm on its way down).
     builder : callable
-        ``builder(in_channels, out_channels, ngf=, norm=, dropout=)`` returns the network.
+        ``builder(in_channels, out_channels, ngf=, norm=, dropout=, upsampling=)``
+        returns the network.
     """
 
     name: str
@@ -52,10 +53,18 @@ class GeneratorFacts:
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
 
     def build(
-        self, in_channels: int, out_channels: int, ngf: int, norm: str, dropout: bool
+        self,
+        in_channels: int,
+        out_channels: int,
+        ngf: int,
+        norm: str,
+        dropout: bool,
+        upsampling: str = "transposed",
     ) -> nn.Module:
         """Build this generator (arguments checked by :func:`build_generator`)."""
-        return self.builder(in_channels, out_channels, ngf=ngf, norm=norm, dropout=dropout)
+        return self.builder(
+            in_channels, out_channels, ngf=ngf, norm=norm, dropout=dropout, upsampling=upsampling
+        )
 
 
 def _resnet(name: str, n_blocks: int) -> GeneratorFacts:
@@ -110,6 +119,7 @@ def build_generator(
     ngf: int = 64,
     norm: str = "instance",
     dropout: bool = False,
+    upsampling: str = "transposed",
 ) -> nn.Module:
     """Build a generator by name (weights are PyTorch defaults; see
     :func:`~napari_cyclestyle.networks.init_weights`).
@@ -127,6 +137,9 @@ def build_generator(
     dropout : bool
         Dropout(0.5) in the residual blocks (ResNet), middle blocks (U-Net) or first two
         decoder stages (encoder-decoder).
+    upsampling : str
+        One of :data:`UPSAMPLINGS`: ``"transposed"`` (the reference layout) or
+        ``"resize"`` (nearest ×2 then a 3×3 convolution).
 
     Returns
     -------
@@ -137,14 +150,17 @@ def build_generator(
     Raises
     ------
     ValueError
-        If ``name`` or ``norm`` is unknown or a count is not a positive integer.
+        If ``name``, ``norm`` or ``upsampling`` is unknown or a count is not a positive
+        integer.
     """
     check_choice("generator", name, GENERATORS)
     check_choice("norm", norm, NORMS)
+    check_choice("upsampling", upsampling, UPSAMPLINGS)
     check_count("in_channels", in_channels)
     check_count("out_channels", out_channels)
     check_count("ngf", ngf)
-    return GENERATOR_FACTS[name].build(in_channels, out_channels, ngf, norm, bool(dropout))
+    facts = GENERATOR_FACTS[name]
+    return facts.build(in_channels, out_channels, ngf, norm, bool(dropout), upsampling)
 
 
 def build_discriminator(
@@ -153,6 +169,7 @@ def build_discriminator(
     ndf: int = 64,
     n_layers: int = 3,
     norm: str = "instance",
+    spectral_norm: bool = False,
 ) -> nn.Module:
     """Build a discriminator by name (weights are PyTorch defaults; see
     :func:`~napari_cyclestyle.networks.init_weights`).
@@ -170,6 +187,9 @@ def build_discriminator(
         Stride-2 convolutions of the ``"n_layers"`` PatchGAN; ignored otherwise.
     norm : str
         One of :data:`NORMS`.
+    spectral_norm : bool
+        Spectral normalisation of every convolution (see
+        :func:`~napari_cyclestyle.networks.layers.spectral_normalized`).
 
     Returns
     -------
@@ -186,11 +206,13 @@ def build_discriminator(
     check_count("in_channels", in_channels)
     check_count("ndf", ndf)
     if name == "basic":
-        return NLayerDiscriminator(in_channels, ndf, n_layers=3, norm=norm)
-    if name == "n_layers":
+        network = NLayerDiscriminator(in_channels, ndf, n_layers=3, norm=norm)
+    elif name == "n_layers":
         check_count("n_layers", n_layers)
-        return NLayerDiscriminator(in_channels, ndf, n_layers=n_layers, norm=norm)
-    return PixelDiscriminator(in_channels, ndf, norm=norm)
+        network = NLayerDiscriminator(in_channels, ndf, n_layers=n_layers, norm=norm)
+    else:
+        network = PixelDiscriminator(in_channels, ndf, norm=norm)
+    return spectral_normalized(network) if spectral_norm else network
 
 
 def size_multiple(name: str) -> int:

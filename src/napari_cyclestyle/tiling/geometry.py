@@ -17,6 +17,25 @@ PADS = (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d)
 
 
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+# Nearest-neighbour up-sampling by an integer factor (the "resize" generators').
+UPSAMPLES = (nn.Upsample,)
+
+
+def upsample_factor(module: nn.Upsample) -> int:
+    """The integer factor of a nearest-neighbour ``nn.Upsample``.
+
+    Raises
+    ------
+    ValueError
+        For another mode, a target size instead of a factor, or a fractional factor.
+    """
+    factor = module.scale_factor
+    if isinstance(factor, tuple) and len(set(factor)) == 1:
+        factor = factor[0]
+    if module.mode != "nearest" or factor is None or isinstance(factor, tuple) or factor % 1:
+        raise ValueError("Tiling supports nearest-neighbour up-sampling by an integer factor.")
+    return int(factor)
+
 
 RegionReader = Callable[[int, int, int, int], np.ndarray]
 
@@ -74,6 +93,8 @@ def output_size(module: nn.Module, size: int) -> int:
     if isinstance(module, nn.ConvTranspose2d):
         k, s, p, d = module.kernel_size[0], module.stride[0], module.padding[0], module.dilation[0]
         return (size - 1) * s - 2 * p + d * (k - 1) + module.output_padding[0] + 1
+    if isinstance(module, UPSAMPLES):
+        return size * upsample_factor(module)
     return size
 
 
@@ -89,6 +110,10 @@ def input_span(module: nn.Module) -> tuple[Fraction, Fraction, Fraction]:
             return Fraction(s), Fraction(-p), Fraction(d * (k - 1) - p)
         # o = i·s - p + j·d for a tap j: inputs (o + p - d(k-1))/s .. (o + p)/s
         return Fraction(1, s), Fraction(p - d * (k - 1), s), Fraction(p, s)
+    if isinstance(module, UPSAMPLES):
+        # o reads input floor(o / f): from o/f - (f-1)/f to o/f.
+        factor = upsample_factor(module)
+        return Fraction(1, factor), Fraction(1 - factor, factor), Fraction(0)
     return Fraction(1), Fraction(0), Fraction(0)
 
 

@@ -18,7 +18,7 @@ from ..networks import (
     UnetGenerator,
     UnetSkipBlock,
 )
-from .geometry import CONVS, PADS, RegionWriter
+from .geometry import CONVS, PADS, UPSAMPLES, RegionWriter
 from .nodes import Combine, Node, Segment, Stored, then
 from .statistics import FrozenNorm, Moments, is_instance_norm, partial_moments
 from .store import Scratch, Store
@@ -105,7 +105,7 @@ class Layerwise:
             return then(node, self.statistics[module])
         if isinstance(module, _POINTWISE) or isinstance(module, nn.InstanceNorm2d):
             return then(node, module)
-        if isinstance(module, (*PADS, *CONVS)):
+        if isinstance(module, (*PADS, *CONVS, *UPSAMPLES)):
             if isinstance(node, Segment):
                 return Segment(node.source, [*node.modules, module])
             node = yield from self.shareable(node)

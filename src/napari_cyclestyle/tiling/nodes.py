@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .geometry import RegionReader, input_span, output_size, source_index
+from .geometry import (
+    UPSAMPLES,
+    RegionReader,
+    input_span,
+    output_size,
+    source_index,
+    upsample_factor,
+)
 from .statistics import FrozenNorm
 from .store import Store
 
@@ -177,6 +184,8 @@ class Segment(Node):
                 align *= module.stride[0]
             elif isinstance(module, nn.ConvTranspose2d):
                 scale *= module.stride[0]
+            elif isinstance(module, UPSAMPLES):
+                scale *= upsample_factor(module)
         # Source indices that output index o depends on: a·o + lo .. a·o + hi.
         a, lo, hi = Fraction(1), Fraction(0), Fraction(0)
         for module in reversed(modules):
