@@ -36,10 +36,14 @@ def _bioimageio_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(settings, "cache_path", tmp_path / "bioimageio-cache")
 
 
-def make_model(generator: str, norm_a=UINT8_A, norm_b=UINT16_B, seed: int = 0):
+def make_model(
+    generator: str, norm_a=UINT8_A, norm_b=UINT16_B, seed: int = 0, upsampling="transposed"
+):
     """A tiny untrained 1-channel A ↔ 3-channel B model with non-trivial weights."""
     torch.manual_seed(seed)
-    config = ModelConfig(generator=generator, ngf=4, channels_a=1, channels_b=3)
+    config = ModelConfig(
+        generator=generator, ngf=4, channels_a=1, channels_b=3, upsampling=upsampling
+    )
     networks = build_generators(config)
     for network in networks:
         for parameter in network.parameters():
@@ -84,11 +88,21 @@ def normalise_with_metadata(image: np.ndarray, meta: dict[str, str], which: str)
     return norm.normalize(image) if which == "input" else norm.denormalize(image)
 
 
-@pytest.fixture(scope="module", params=["resnet_6blocks", "unet_128"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("resnet_6blocks", "transposed"),
+        ("unet_128", "transposed"),
+        ("resnet_6blocks", "resize"),
+    ],
+    ids=["resnet_6blocks", "unet_128", "resnet_6blocks-resize"],
+)
 def exported(request, tmp_path_factory):
-    """A model of each generator, exported to ONNX and TorchScript in both directions."""
-    model = make_model(request.param)
-    folder = tmp_path_factory.mktemp(request.param)
+    """A model of each generator (and up-sampling), exported to ONNX and TorchScript in
+    both directions."""
+    generator, upsampling = request.param
+    model = make_model(generator, upsampling=upsampling)
+    folder = tmp_path_factory.mktemp(generator)
     onnx_paths = export(model, folder / "model.onnx", "onnx", "both")
     script_paths = export(model, folder / "model", "torchscript", "both")
     pairs = zip(onnx_paths, script_paths, strict=True)
@@ -204,7 +218,18 @@ def test_bioimageio_package_passes_bioimageio_core(tmp_path):
     (path,) = export(model, tmp_path / "stain", "bioimageio", "G", authors=["A. Tester"])
     assert path == tmp_path / "stain.zip"
     check_package(path, model, "AtoB")
-    assert "A. Tester" in package_tensors(path)[1]
+    rdf = package_tensors(path)[1]
+    assert "A. Tester" in rdf and "10.1109/ICCV.2017.244" in rdf
+    assert "Contrastive Learning" not in rdf  # no PatchNCE in this model's training
+
+
+def test_a_model_trained_with_patchnce_cites_cut_too():
+    from napari_cyclestyle.exporting.bioimage import CUT, CYCLEGAN, citations
+
+    model = make_model("resnet_6blocks")
+    assert citations(model) == [CYCLEGAN]
+    model.info = {**model.info, "losses": {"cycle_A": 0.4, "NCE_A": 3.1}}
+    assert citations(model) == [CYCLEGAN, CUT]
 
 
 @pytest.mark.slow

@@ -24,11 +24,26 @@ from ..model import CycleStyleModel
 from . import ExportError, display_rgb, export_norms, metadata
 
 LICENSE = "BSD-3-Clause"
-CYCLEGAN_DOI = "10.1109/ICCV.2017.244"
-CYCLEGAN_CITATION = (
+# (text, doi) of what the package's model rests on; CUT where PatchNCE trained it.
+CYCLEGAN = (
     "Zhu, Park, Isola, Efros: Unpaired Image-to-Image Translation using Cycle-Consistent "
-    "Adversarial Networks. ICCV 2017."
+    "Adversarial Networks. ICCV 2017.",
+    "10.1109/ICCV.2017.244",
 )
+CUT = (
+    "Park, Efros, Zhang, Zhu: Contrastive Learning for Unpaired Image-to-Image "
+    "Translation. ECCV 2020.",
+    "10.1007/978-3-030-58545-7_19",
+)
+
+
+def citations(model: CycleStyleModel) -> list[tuple[str, str]]:
+    """The works to cite for ``model``: CycleGAN, and CUT when its PatchNCE loss trained
+    the model (the provenance's losses name it)."""
+    losses = model.info.get("losses") or {}
+    return [CYCLEGAN, CUT] if any(name.startswith("NCE_") for name in losses) else [CYCLEGAN]
+
+
 DEFAULT_AUTHOR = "napari-cyclestyle user"
 # Largest side of the test tensors: big enough to show, small enough to keep packages
 # small and their test quick.
@@ -124,7 +139,7 @@ def _describe(model, direction, spec, inputs, outputs, folder: Path, authors):
             "napari-cyclestyle model, on whole planes of any size."
         ),
         authors=[spec.Author(name=name) for name in (authors or [DEFAULT_AUTHOR])],
-        cite=[spec.CiteEntry(text=CYCLEGAN_CITATION, doi=spec.Doi(CYCLEGAN_DOI))],
+        cite=[spec.CiteEntry(text=text, doi=spec.Doi(doi)) for text, doi in citations(model)],
         license=spec.LicenseId(LICENSE),
         documentation=spec.FileDescr(source=folder / "README.md"),
         covers=[spec.FileDescr(source=folder / "cover.png")],
@@ -333,6 +348,7 @@ def _test_package(path: Path) -> None:
 def _readme(model, direction, norm_in: IntensityNorm, norm_out: IntensityNorm) -> str:
     facts = metadata(model, direction)
     generator = "G" if direction == "AtoB" else "F"
+    cited = "\n\n".join(f"{text} doi:{doi}" for text, doi in citations(model))
     return f"""# CycleGAN generator {generator}: domain {direction[0]} to domain {direction[-1]}
 
 {facts["description"]}
@@ -368,5 +384,5 @@ outputs).
 
 ## Citation
 
-{CYCLEGAN_CITATION} doi:{CYCLEGAN_DOI}
+{cited}
 """
