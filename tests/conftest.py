@@ -67,6 +67,21 @@ def assert_trained_alike(expected: dict, actual: dict, learning_rate: float, ste
     assert mismatched / total < 0.01, f"{mismatched} of {total} weights differ"
 
 
+def network_weights(trainer) -> dict[str, torch.Tensor]:
+    """Copies of the four networks' weights, keyed ``<network>.<key>``."""
+    n = trainer.networks
+    return {
+        f"{name}.{key}": value.clone()
+        for name, network in (
+            ("G", n.generator_ab),
+            ("F", n.generator_ba),
+            ("D_A", n.discriminator_a),
+            ("D_B", n.discriminator_b),
+        )
+        for key, value in network.state_dict().items()
+    }
+
+
 @pytest.fixture
 def make_napari_viewer(make_napari_viewer):
     """napari's fixture, with the widgets' triton guard set once a viewer exists.

@@ -20,7 +20,7 @@ from napari_cyclestyle.trainer import (
     train,
 )
 
-from .conftest import DEVICES, assert_trained_alike, needs_cuda, tiny_config
+from .conftest import DEVICES, assert_trained_alike, needs_cuda, network_weights, tiny_config
 
 
 def test_training_yields_one_event_per_step_and_writes_the_model(tmp_path, gray_domains):
@@ -89,20 +89,6 @@ def test_checkpoints_are_written_every_n_steps(tmp_path, gray_domains):
     assert [e.step for e in events if e.checkpoint] == [2, 4, 5]
 
 
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    n = trainer.networks
-    return {
-        f"{name}.{key}": value.clone()
-        for name, network in (
-            ("G", n.generator_ab),
-            ("F", n.generator_ba),
-            ("D_A", n.discriminator_a),
-            ("D_B", n.discriminator_b),
-        )
-        for key, value in network.state_dict().items()
-    }
-
-
 @pytest.mark.numerics
 @pytest.mark.parametrize(
     ("device", "precision", "channels_last"),
@@ -140,7 +126,7 @@ def test_resume_continues_exactly(tmp_path, gray_domains, device, precision, cha
     assert resumed.step == 3
     assert [e.step for e in resumed.run()] == [4, 5, 6]
 
-    expected, actual = _weights(straight), _weights(resumed)
+    expected, actual = network_weights(straight), network_weights(resumed)
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
@@ -186,7 +172,7 @@ def _train_weights(
     config = tiny_config(n_steps=steps, n_steps_decay=0, batch_size=2, **settings)
     trainer = Trainer(*domains, config, output=tmp_path / f"{name}.safetensors")
     list(trainer.run())
-    return _weights(trainer)
+    return network_weights(trainer)
 
 
 @pytest.mark.numerics

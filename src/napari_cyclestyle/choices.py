@@ -21,3 +21,6 @@ GAN_MODES: tuple[str, ...] = ("lsgan", "vanilla")
 STATISTICS_MODES: tuple[str, ...] = ("exact", "estimate", "tile")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+# What ``best_metric`` may name (see the validation module): ``auto`` is ``ssim`` with
+# paired validation data, else ``cycle``.
+BEST_METRICS: tuple[str, ...] = ("auto", "cycle", "realism", "psnr", "ssim")

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .choices import DEVICES, DISCRIMINATORS, GAN_MODES, GENERATORS, NORMS, PRECISIONS
+from .choices import (
+    BEST_METRICS,
+    DEVICES,
+    DISCRIMINATORS,
+    GAN_MODES,
+    GENERATORS,
+    NORMS,
+    PRECISIONS,
+)
 
 
 class ConfigError(ValueError):
@@ -142,6 +150,24 @@ class TrainConfig:
     channels_last : bool
         Keep the networks' weights and the training batches in channels-last memory
         order (NHWC). Tensor cores' convolutions prefer it; on the CPU it is slower.
+    validation_fraction : float
+        Fraction of each domain's image planes kept out of training to validate on
+        (0: none, unless validation images are given to the trainer).
+    validation_every : int
+        Measure the validation metrics every this many steps, and at the end (0: only
+        at the end).
+    validation_patches : int
+        Fixed patches per domain that validation measures on (chosen once).
+    keep_best : bool
+        With validation data, also write ``<name>.best.safetensors`` whenever
+        ``best_metric`` reaches its best value so far.
+    best_metric : str
+        ``auto`` (``ssim`` with paired validation data, else ``cycle``), ``cycle``
+        (lowest mean cycle error), ``realism`` (highest mean realism), ``psnr`` or
+        ``ssim`` (highest, paired data only).
+    health_watch : bool
+        Watch the losses and validation measures for a failing training and warn,
+        once per kind of failure, with advice.
     """
 
     n_steps: int = 100
@@ -168,6 +194,13 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     compile: bool = False
     channels_last: bool = False
+    # Validation, the best model and the health watch (issue 20).
+    validation_fraction: float = 0.0
+    validation_every: int = 100
+    validation_patches: int = 8
+    keep_best: bool = True
+    best_metric: str = "auto"
+    health_watch: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GAN_MODES)
@@ -179,17 +212,25 @@ class TrainConfig:
             "cudnn_benchmark",
             "compile",
             "channels_last",
+            "keep_best",
+            "health_watch",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         _check_choice("device", self.device, DEVICES)
+        _check_choice("best_metric", self.best_metric, BEST_METRICS)
+        _check_positive("validation_fraction", self.validation_fraction, allow_zero=True)
+        if self.validation_fraction >= 1:
+            raise ConfigError(
+                f"validation_fraction must be below 1, got {self.validation_fraction!r}."
+            )
         for name in ("n_steps", "n_steps_decay", "pool_size", "seed"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name), allow_zero=True)
-        for name in ("checkpoint_every", "preview_every"):
+        for name in ("checkpoint_every", "preview_every", "validation_every"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name), allow_zero=True)
-        for name in ("batch_size", "crop_size", "log_every"):
+        for name in ("batch_size", "crop_size", "log_every", "validation_patches"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name))
         if self.n_steps + self.n_steps_decay == 0:
