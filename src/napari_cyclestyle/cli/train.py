@@ -15,6 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from ..choices import (
+    BEST_METRICS,
     DEVICES,
     DISCRIMINATORS,
     GAN_MODES,
@@ -32,7 +33,7 @@ from .common import (
     UsageError,
     add_threads_argument,
 )
-from .progress import ProgressLine, format_train_event
+from .progress import ProgressLine, format_train_event, format_validation
 
 _MODEL_FLAGS = {
     "--generator": ("generator", {"choices": GENERATORS, "help": "generator architecture"}),
@@ -146,6 +147,50 @@ _TRAIN_FLAGS = {
 }
 
 
+# Held-out validation, the best model and the health watch (issue 20).
+_VALIDATION_FLAGS = {
+    "--validation-fraction": (
+        "validation_fraction",
+        {
+            "type": float,
+            "metavar": "FRACTION",
+            "help": "keep this fraction of each domain's image planes out of training to "
+            "validate on (domains given --validation-a/-b use those instead)",
+        },
+    ),
+    "--validation-every": (
+        "validation_every",
+        {"type": int, "metavar": "N", "help": "validate every N steps and at the end (0: end)"},
+    ),
+    "--validation-patches": (
+        "validation_patches",
+        {"type": int, "metavar": "N", "help": "fixed validation patches per domain"},
+    ),
+    "--keep-best": (
+        "keep_best",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "with validation data, keep <stem>.best.safetensors at the best --best-metric",
+        },
+    ),
+    "--best-metric": (
+        "best_metric",
+        {
+            "choices": BEST_METRICS,
+            "help": "what the best model is best at: auto is ssim with --validation-truth-b, "
+            "else cycle",
+        },
+    ),
+    "--health-watch": (
+        "health_watch",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "warn, with advice, when training looks like failing",
+        },
+    ),
+}
+
+
 def _flag_dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
@@ -184,6 +229,12 @@ def add_parser(subparsers) -> None:
             help=f"channel axis of the domain {name.upper()} images when not inferable "
             "(default: an RGB(A) last axis, else one channel)",
         )
+    for name, what in (
+        ("a", "domain A images to validate on, kept out of training"),
+        ("b", "domain B images to validate on, kept out of training"),
+        ("truth-b", "the true B image of each --validation-a image (paired: adds PSNR, SSIM)"),
+    ):
+        data.add_argument(f"--validation-{name}", nargs="+", metavar="PATH", help=what)
     files = parser.add_argument_group("files")
     files.add_argument(
         "--output",
@@ -206,6 +257,7 @@ def add_parser(subparsers) -> None:
     for title, section, flags in (
         ("model (fixed by the checkpoint with --resume)", ModelConfig, _MODEL_FLAGS),
         ("training", TrainConfig, _TRAIN_FLAGS),
+        ("validation and health", TrainConfig, _VALIDATION_FLAGS),
     ):
         group = parser.add_argument_group(title)
         for flag, (setting, keywords) in flags.items():
@@ -241,6 +293,7 @@ def _train_config(args: argparse.Namespace, checkpoint_config: Config | None) ->
     settings = base.to_dict()
     settings["model"].update(model_overrides)
     settings["train"].update(_overrides(args, _TRAIN_FLAGS))
+    settings["train"].update(_overrides(args, _VALIDATION_FLAGS))
     if args.preview_dir is None:
         settings["train"]["preview_every"] = 0  # nobody would see the previews
     return Config.from_dict(settings)
@@ -277,6 +330,9 @@ def _run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         channel_axis_a=args.channel_axis_a,
         channel_axis_b=args.channel_axis_b,
+        validation_a=args.validation_a,
+        validation_b=args.validation_b,
+        validation_truth_b=args.validation_truth_b,
     )
     preview_dir = Path(args.preview_dir) if args.preview_dir is not None else None
     stopped = run_training(trainer, preview_dir=preview_dir)
@@ -369,6 +425,10 @@ def run_training(trainer, preview_dir: Path | None = None, stream: TextIO | None
                 write_image(path, preview_figure(event.preview))
             if event.checkpoint is not None and not event.finished:
                 progress.message(f"Checkpoint saved: {event.checkpoint}")
+            if event.validation is not None:
+                progress.message(format_validation(event))
+            for warning in event.warnings:
+                progress.message(f"Warning: {warning}")
     progress.close()
     if event is None or event.model_path is None:
         return False
