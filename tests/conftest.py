@@ -90,7 +90,7 @@ def make_napari_viewer(make_napari_viewer):
     (torch does on its first optimiser) crashes the process; the widgets guard against
     that, and so must any test that makes a viewer before later tests train.
     """
-    from napari_cyclestyle._widgets._common import avoid_llvm_clash
+    from napari_cyclestyle._widgets._startup import avoid_llvm_clash
 
     def make(*args, **kwargs):
         viewer = make_napari_viewer(*args, **kwargs)

@@ -380,9 +380,9 @@ def test_running_out_of_memory_in_training_is_one_error_line(
 def test_running_out_of_memory_in_translation_is_one_error_line(
     trained, domains, tmp_path, monkeypatch, capsys
 ):
-    from napari_cyclestyle.inference import _Job
+    from napari_cyclestyle.job import TranslationJob
 
-    monkeypatch.setattr(_Job, "plane_steps", _out_of_memory)
+    monkeypatch.setattr(TranslationJob, "plane_steps", _out_of_memory)
     source = domains[0] / "image0.tif"
     assert main(["translate", str(trained), str(source), "-o", str(tmp_path)]) == EXIT_ERROR
     line = one_error_line(capsys.readouterr().err.split("\r")[-1])

@@ -176,3 +176,21 @@ def test_translation_convolves_in_ieee_float32_and_restores_the_users_setting(
     translate(np.zeros((2, 16, 16), np.float32), model, device="cpu", tile_size=None)
     assert spy.seen == ["ieee", "ieee"]
     assert tf32_convolutions.fp32_precision == "tf32"
+
+
+def test_options_as_one_object_or_as_keywords_translate_alike():
+    from napari_cyclestyle.inference import TranslateOptions
+
+    image = np.random.default_rng(2).integers(0, 256, (40, 36), dtype=np.uint8)
+    config = ModelConfig(generator="resnet_6blocks", channels_a=1, channels_b=1, ngf=4)
+    torch.manual_seed(0)
+    model = CycleStyleModel(config, *build_generators(config))
+    options = TranslateOptions(device="cpu", tile_size=16, statistics="tile")
+    by_object = translate(image, model, options=options)
+    by_keywords = translate(image, model, device="cpu", tile_size=16, statistics="tile")
+    np.testing.assert_array_equal(by_object, by_keywords)
+    # a keyword replaces the object's field
+    whole = translate(image, model, options=options, tile_size=None)
+    np.testing.assert_array_equal(whole, translate(image, model, device="cpu", tile_size=None))
+    with pytest.raises(TypeError, match="tile_sise"):
+        translate(image, model, tile_sise=16)

@@ -28,6 +28,55 @@ class ConfigError(ValueError):
     """A configuration value is impossible; the message names the field and the fix."""
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What a configuration field is, for the front ends that offer it.
+
+    Attributes
+    ----------
+    name : str
+        The field's name.
+    default : object
+        Its default value.
+    help : str
+        One line saying what it does (the CLI's help text).
+    choices : tuple of str, optional
+        The values it may take (checked on construction).
+    bounds : (number, number), optional
+        The range a form offers (the widgets' spin boxes); construction checks only
+        what the class docstring says.
+    """
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    bounds: tuple[float, float] | None = None
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> Any:
+    """A dataclass field that carries its :class:`Setting` facts."""
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+
+
+def settings(kind: type) -> dict[str, Setting]:
+    """The :class:`Setting` of every field of ``kind`` (``ModelConfig`` or
+    ``TrainConfig``), by name."""
+    return {f.name: Setting(f.name, f.default, **f.metadata) for f in dataclasses.fields(kind)}
+
+
+def _check_choices(config: Any) -> None:
+    for setting in settings(type(config)).values():
+        if setting.choices is not None:
+            _check_choice(setting.name, getattr(config, setting.name), setting.choices)
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}.")
@@ -71,20 +120,20 @@ class ModelConfig:
         Dropout(0.5) in the generators' residual / middle U-Net blocks.
     """
 
-    generator: str = "resnet_9blocks"
-    discriminator: str = "basic"
-    channels_a: int = 3
-    channels_b: int = 3
-    ngf: int = 64
-    ndf: int = 64
-    n_layers_discriminator: int = 3
-    norm: str = "instance"
-    dropout: bool = False
+    generator: str = _setting("resnet_9blocks", "generator architecture", choices=GENERATORS)
+    discriminator: str = _setting(
+        "basic", "PatchGAN discriminator (basic = 70x70)", choices=DISCRIMINATORS
+    )
+    channels_a: int = _setting(3, "channels of domain A images")
+    channels_b: int = _setting(3, "channels of domain B images")
+    ngf: int = _setting(64, "generator width (filters)", bounds=(1, 512))
+    ndf: int = _setting(64, "discriminator width (filters)", bounds=(1, 512))
+    n_layers_discriminator: int = _setting(3, "layers of the n_layers discriminator")
+    norm: str = _setting("instance", "normalisation layers", choices=NORMS)
+    dropout: bool = _setting(False, "dropout in the generators")
 
     def __post_init__(self) -> None:
-        _check_choice("generator", self.generator, GENERATORS)
-        _check_choice("discriminator", self.discriminator, DISCRIMINATORS)
-        _check_choice("norm", self.norm, NORMS)
+        _check_choices(self)
         for name in ("channels_a", "channels_b", "ngf", "ndf", "n_layers_discriminator"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name))
@@ -170,41 +219,76 @@ class TrainConfig:
         once per kind of failure, with advice.
     """
 
-    n_steps: int = 100
-    n_steps_decay: int = 100
-    batch_size: int = 1
-    crop_size: int = 256
-    learning_rate: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    gan_mode: str = "lsgan"
-    lambda_cycle_a: float = 10.0
-    lambda_cycle_b: float = 10.0
-    lambda_identity: float = 0.5
-    pool_size: int = 50
-    flip: bool = True
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    checkpoint_every: int = 500
-    preview_every: int = 50
-    log_every: int = 10
-    batched_forward: bool = True
-    precision: str = "auto"
-    cudnn_benchmark: bool = True
-    compile: bool = False
-    channels_last: bool = False
+    n_steps: int = _setting(100, "steps at the initial learning rate", bounds=(1, 10_000_000))
+    n_steps_decay: int = _setting(
+        100, "further steps decaying the rate to zero", bounds=(0, 10_000_000)
+    )
+    batch_size: int = _setting(1, "patches per step", bounds=(1, 1024))
+    crop_size: int = _setting(256, "side of the training patches", bounds=(16, 4096))
+    learning_rate: float = _setting(2e-4, "Adam", bounds=(1e-7, 1.0))
+    beta1: float = _setting(0.5, "Adam's beta1")
+    beta2: float = _setting(0.999, "Adam's beta2")
+    gan_mode: str = _setting("lsgan", "adversarial loss", choices=GAN_MODES)
+    lambda_cycle_a: float = _setting(10.0, "weight of ‖F(G(a)) − a‖₁", bounds=(0, 1000))
+    lambda_cycle_b: float = _setting(10.0, "weight of ‖G(F(b)) − b‖₁", bounds=(0, 1000))
+    lambda_identity: float = _setting(
+        0.5,
+        "identity weight relative to the cycle weight; used only when both domains have "
+        "the same channel count",
+        bounds=(0, 100),
+    )
+    pool_size: int = _setting(50, "history pool of fakes (0: off)")
+    flip: bool = _setting(True, "random flips/rotations")
+    seed: int = _setting(0, "random seed", bounds=(0, 2**31 - 1))
+    deterministic: bool = _setting(False, "deterministic torch algorithms")
+    device: str = _setting("auto", "where to train", choices=DEVICES)
+    checkpoint_every: int = _setting(
+        500, "write a checkpoint every N steps (0: at the end)", bounds=(0, 10_000_000)
+    )
+    preview_every: int = _setting(
+        50, "write a preview every N steps (needs --preview-dir)", bounds=(0, 1_000_000)
+    )
+    log_every: int = _setting(10, "read the losses every N steps", bounds=(1, 1_000_000))
+    batched_forward: bool = _setting(True, "one call per network and phase of a step")
+    precision: str = _setting(
+        "auto",
+        "arithmetic: auto is bf16 (else fp16) mixed precision on CUDA, fp32 elsewhere; fp32 "
+        "is IEEE float32 everywhere",
+        choices=PRECISIONS,
+    )
+    cudnn_benchmark: bool = _setting(
+        True, "let cuDNN time its convolution algorithms and keep the fastest (CUDA)"
+    )
+    compile: bool = _setting(
+        False,
+        "compile the networks with torch.compile (faster steps after a minute or more of "
+        "compiling)",
+    )
+    channels_last: bool = _setting(
+        False, "channels-last (NHWC) weights and batches: for tensor cores; slower on the CPU"
+    )
     # Validation, the best model and the health watch (issue 20).
-    validation_fraction: float = 0.0
-    validation_every: int = 100
-    validation_patches: int = 8
-    keep_best: bool = True
-    best_metric: str = "auto"
-    health_watch: bool = True
+    validation_fraction: float = _setting(
+        0.0,
+        "keep this fraction of each domain's image planes out of training to validate on",
+        bounds=(0, 0.9),
+    )
+    validation_every: int = _setting(
+        100, "validate every N steps and at the end (0: at the end)", bounds=(0, 10_000_000)
+    )
+    validation_patches: int = _setting(8, "fixed validation patches per domain", bounds=(1, 1024))
+    keep_best: bool = _setting(
+        True, "with validation data, keep <stem>.best.safetensors at the best best_metric"
+    )
+    best_metric: str = _setting(
+        "auto",
+        "what the best model is best at: auto is ssim with paired validation data, else cycle",
+        choices=BEST_METRICS,
+    )
+    health_watch: bool = _setting(True, "warn, with advice, when training looks like failing")
 
     def __post_init__(self) -> None:
-        _check_choice("gan_mode", self.gan_mode, GAN_MODES)
-        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choices(self)
         for name in (
             "flip",
             "deterministic",
@@ -217,8 +301,6 @@ class TrainConfig:
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("best_metric", self.best_metric, BEST_METRICS)
         _check_positive("validation_fraction", self.validation_fraction, allow_zero=True)
         if self.validation_fraction >= 1:
             raise ConfigError(

@@ -1,4 +1,5 @@
-"""Training data: the images of one domain and random patches drawn from them.
+"""Training data: the images of one domain, random patches drawn from them, and the
+training batches of two domains (:class:`PatchStreams`).
 
 A :class:`Domain` holds images given as arrays (numpy, dask, napari layer data), files
 or folders. Files are read lazily, a few at a time, so a folder larger than memory can
@@ -10,15 +11,20 @@ randomly flipped/rotated.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .intensity import IntensityNorm, check_finite, fit_intensity
 from .io import TIFF_SUFFIXES, list_images, read_image
 from .layout import ImageLayout, infer_layout, to_planes
+
+if TYPE_CHECKING:
+    import torch
 
 # Images used to fit a domain's intensity normalisation (chosen evenly from the domain).
 _NORM_FIT_IMAGES = 8
@@ -249,3 +255,64 @@ def _file_shape_dtype(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             raise ValueError(f"Cannot read {path} as a TIFF image: {error}") from error
     image = _read_file(path)
     return image.shape, image.dtype
+
+
+class PatchStreams:
+    """Training batches of two domains: one random stream per patch of the global batch
+    (a patch is the same whichever process draws it, so N processes train exactly like
+    one with the same batch), and fixed preview patches.
+
+    Parameters
+    ----------
+    domain_a, domain_b : Domain
+        The two domains.
+    train : TrainConfig
+        Seed, batch and crop sizes, flips.
+    context : DistributedContext
+        This process's rank and the number of processes (its share of the batch).
+    """
+
+    def __init__(self, domain_a: Domain, domain_b: Domain, train, context) -> None:
+        self.domains, self.train = (domain_a, domain_b), train
+        local_batch = train.batch_size // context.world_size
+        first = context.rank * local_batch
+        self.streams = {
+            slot: np.random.default_rng([train.seed, slot])
+            for slot in range(first, first + local_batch)
+        }
+        import torch  # the batches are tensors; this module is torch-free to import
+
+        preview_rng = np.random.default_rng([train.seed, 12345])
+        self.preview_a, self.preview_b = (
+            torch.from_numpy(domain.sample(preview_rng, 1, train.crop_size, augment=False))
+            for domain in self.domains
+        )
+
+    def sample(self, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+        """This process's share of a batch of each domain, on ``device``."""
+        import torch
+
+        batches = []
+        for domain in self.domains:
+            patches = [
+                domain.sample(stream, 1, self.train.crop_size, self.train.flip)
+                for stream in self.streams.values()
+            ]
+            batch = torch.from_numpy(np.concatenate(patches)).to(device)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            batches.append(batch)
+        return batches
+
+    def state(self) -> dict[str, str]:
+        """This process's streams' states (``str(slot)`` → JSON)."""
+        return {
+            str(slot): json.dumps(stream.bit_generator.state)
+            for slot, stream in self.streams.items()
+        }
+
+    def restore(self, states: dict[str, str]) -> None:
+        """Restore the streams of this process found in ``states`` (of any world size)."""
+        for slot, stream in self.streams.items():
+            if str(slot) in states:
+                stream.bit_generator.state = json.loads(states[str(slot)])

@@ -12,8 +12,8 @@ The loop only: sampling, the learning-rate schedule, events, stop and resume, gu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -28,7 +28,7 @@ from . import __version__, distributed
 from .checkpoint import TrainingCheckpoint
 from .config import Config
 from .cyclegan import LOSS_NAMES, CycleGAN
-from .data import Domain
+from .data import Domain, PatchStreams
 from .devices import is_out_of_memory
 from .errors import CycleStyleError, OutOfMemory
 from .health import HealthWarning, HealthWatch
@@ -232,7 +232,7 @@ class Trainer:
         torch.manual_seed(train.seed)
         networks = checkpoint.model["networks"] if checkpoint is not None else None
         self.cyclegan = CycleGAN(self.config, self.device, self.context, networks)
-        self.patches = _Patches(self.domain_a, self.domain_b, train, self.context)
+        self.patches = PatchStreams(self.domain_a, self.domain_b, train, self.context)
         self.validation_set = self._validation_set()
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -490,7 +490,7 @@ class Trainer:
         model = self._model[1]
         model.info = {"steps": self.step, "losses": self.last_losses, "version": __version__}
         if self.validation_record:
-            model.info["validation"] = json.loads(json.dumps(self.validation_record))
+            model.info["validation"] = copy.deepcopy(self.validation_record)
         return model
 
     def save(self) -> Path:
@@ -596,53 +596,6 @@ def _settings(
 def _as_domain(images, name: str, channel_axis: int | None, norm: IntensityNorm) -> Domain:
     """Validation images as a domain normalised like the training domain's."""
     return images if isinstance(images, Domain) else Domain(images, name, channel_axis, norm)
-
-
-class _Patches:
-    """The training patches: one random stream per patch of the global batch (a patch
-    is the same whichever process draws it, so N processes train exactly like one with
-    the same batch), and fixed preview patches."""
-
-    def __init__(self, domain_a: Domain, domain_b: Domain, train, context) -> None:
-        self.domains, self.train = (domain_a, domain_b), train
-        local_batch = train.batch_size // context.world_size
-        first = context.rank * local_batch
-        self.streams = {
-            slot: np.random.default_rng([train.seed, slot])
-            for slot in range(first, first + local_batch)
-        }
-        preview_rng = np.random.default_rng([train.seed, 12345])
-        self.preview_a, self.preview_b = (
-            torch.from_numpy(domain.sample(preview_rng, 1, train.crop_size, augment=False))
-            for domain in self.domains
-        )
-
-    def sample(self, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
-        """This process's share of a batch of each domain, on ``device``."""
-        batches = []
-        for domain in self.domains:
-            patches = [
-                domain.sample(stream, 1, self.train.crop_size, self.train.flip)
-                for stream in self.streams.values()
-            ]
-            batch = torch.from_numpy(np.concatenate(patches)).to(device)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            batches.append(batch)
-        return batches
-
-    def state(self) -> dict[str, str]:
-        """This process's streams' states (``str(slot)`` → JSON)."""
-        return {
-            str(slot): json.dumps(stream.bit_generator.state)
-            for slot, stream in self.streams.items()
-        }
-
-    def restore(self, states: dict[str, str]) -> None:
-        """Restore the streams of this process found in ``states`` (of any world size)."""
-        for slot, stream in self.streams.items():
-            if str(slot) in states:
-                stream.bit_generator.state = json.loads(states[str(slot)])
 
 
 def train(domain_a, domain_b, config: Config | None = None, **kwargs) -> Iterator[TrainEvent]:

@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from napari_cyclestyle._widgets import trained_models
-from napari_cyclestyle._widgets.train import PREVIEW_NAMES, TrainWidget
+from napari_cyclestyle._widgets._previews import PREVIEW_NAMES
+from napari_cyclestyle._widgets.train import TrainWidget
 
 
 def test_widgets_and_sample_data_open_from_the_manifest(make_napari_viewer):
@@ -70,7 +71,7 @@ def test_training_run_shows_progress_previews_losses_and_saves_a_model(
 
 
 def _preview_of(preview, real, fake):
-    from napari_cyclestyle._widgets.train import preview_image
+    from napari_cyclestyle._widgets._previews import preview_image
 
     return preview_image(preview[real], preview[fake])[0]
 
@@ -79,12 +80,12 @@ def _pending_imports(monkeypatch, import_modules=None):
     """Replace the widgets' background imports with fresh ones, which the GUI thread
     sees as unfinished until its event loop runs; ``import_modules`` replaces the
     imports themselves."""
-    from napari_cyclestyle._widgets import _common
+    from napari_cyclestyle._widgets import _startup
 
     if import_modules is not None:
-        monkeypatch.setattr(_common, "_import_heavy_modules", import_modules)
-    imports = _common._BackgroundImports()
-    monkeypatch.setattr(_common, "_imports", imports)
+        monkeypatch.setattr(_startup, "_import_heavy_modules", import_modules)
+    imports = _startup._BackgroundImports()
+    monkeypatch.setattr(_startup, "_imports", imports)
     return imports
 
 

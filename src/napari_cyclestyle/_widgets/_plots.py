@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import Slot
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
-from ._common import when_imported
+from ._startup import when_imported
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,7 +37,7 @@ class LossPlot(QWidget):
 
     Importing matplotlib takes about a second, so the canvas (``figure``, ``axes``,
     ``lines``, ``canvas``; None or empty until then) is built once the widgets'
-    background imports have finished (see :func:`._common.import_in_background`).
+    background imports have finished (see :func:`._startup.import_in_background`).
     Values added before are kept and drawn then.
     """
 

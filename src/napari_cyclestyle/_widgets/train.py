@@ -14,110 +14,39 @@ two preview layers. Scripts can do everything the buttons do::
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from magicgui.widgets import (
-    ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
     Select,
-    SpinBox,
 )
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
-from qtpy.QtCore import QTimer
 from superqt import QCollapsible
 
-from ..choices import DEVICES, GAN_MODES, GENERATORS, NORMS
-from ..config import Config, ModelConfig, TrainConfig
+from ..config import Config
 from ._common import (
-    Failure,
     StopOnClose,
-    avoid_llvm_clash,
     describe_device_choice,
-    failures_yielded,
     format_seconds,
     image_data,
     image_layers,
-    import_in_background,
-    wait_for_imports,
 )
 from ._plots import LossPlot
+from ._previews import PreviewLayers
 from ._registry import trained_models
+from ._startup import avoid_llvm_clash, import_in_background
+from ._train_fields import TrainingFields
+from ._workers import Failure, TrainingRun, training_worker
 
 if TYPE_CHECKING:
     import napari.viewer
-
-# A first try on a laptop CPU: visibly learns the sample domains in about a minute.
-DEFAULTS = {
-    "generator": "resnet_6blocks",
-    "ngf": 16,
-    "ndf": 16,
-    "crop_size": 64,
-    "n_steps": 300,
-    "n_steps_decay": 300,
-    "preview_every": 25,
-    "log_every": 10,
-}
-CHANNEL_AXIS_CHOICES = [
-    ("auto (RGB last, else gray)", None),
-    ("last axis (…, Y, X, C)", -1),
-    ("before Y, X (…, C, Y, X)", -3),
-    ("first axis (C, …)", 0),
-]
-PREVIEW_NAMES = {"G": "preview: a | G(a)", "F": "preview: b | F(b)"}
-
-
-class _Run:
-    """What the GUI thread and the training thread share for one run."""
-
-    def __init__(self) -> None:
-        self.trainer = None  # set by the worker as soon as it is built
-        self.stop_requested = threading.Event()
-        self.done = threading.Event()
-
-    def stop(self) -> None:
-        """Ask the trainer to finish after the current step (it then saves)."""
-        self.stop_requested.set()
-        if self.trainer is not None:
-            self.trainer.stop()
-
-
-@thread_worker(ignore_errors=True)
-def _training_worker(run: _Run, domain_a, domain_b, config, output, resume, axis_a, axis_b):
-    """Build the trainer and yield its events; errors come out as :class:`Failure`."""
-
-    def steps():
-        wait_for_imports()
-        from ..trainer import Trainer
-
-        trainer = Trainer(
-            domain_a,
-            domain_b,
-            config,
-            output=output,
-            resume=resume,
-            channel_axis_a=axis_a,
-            channel_axis_b=axis_b,
-        )
-        run.trainer = trainer
-        if run.stop_requested.is_set():
-            trainer.stop()
-        yield from trainer.run()
-
-    try:
-        yield from failures_yielded(steps())
-    finally:
-        run.done.set()
 
 
 class TrainWidget(Container):
@@ -144,10 +73,9 @@ class TrainWidget(Container):
         self.worker = None
         self.model_path: Path | None = None
         self.last_event = None
-        self._run: _Run | None = None
+        self._run: TrainingRun | None = None
         self._closed = False
-        self._added_layers: list = []
-        self._preview_layers: dict = {}  # "G"/"F" → the preview layers of the last run
+        self.previews = PreviewLayers(viewer, self.reset_choices, lambda: self._closed)
 
         # ---------------------------------------------------------------- domains
         choices = self._image_choices
@@ -159,72 +87,11 @@ class TrainWidget(Container):
             select.native.setMaximumHeight(70)
 
         # ---------------------------------------------------------------- settings
-        self.generator = ComboBox(
-            label="generator", choices=GENERATORS, value=DEFAULTS["generator"], name="generator"
-        )
-        self.ngf = SpinBox(label="width (ngf)", min=1, max=512, value=DEFAULTS["ngf"])
-        self.crop_size = SpinBox(
-            label="crop size", min=16, max=4096, step=16, value=DEFAULTS["crop_size"]
-        )
-        self.n_steps = SpinBox(label="steps", min=1, max=10_000_000, value=DEFAULTS["n_steps"])
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.device_info = Label(label="")
-        self.output = FileEdit(
-            label="output file",
-            mode="w",
-            filter="*.safetensors",
-            value=Path.home() / "cyclestyle-model.safetensors",
-        )
-
-        # ---------------------------------------------------------------- advanced
-        self.ndf = SpinBox(label="width D (ndf)", min=1, max=512, value=DEFAULTS["ndf"])
-        self.batch_size = SpinBox(label="batch size", min=1, max=1024, value=1)
-        self.n_steps_decay = SpinBox(
-            label="decay steps", min=0, max=10_000_000, value=DEFAULTS["n_steps_decay"]
-        )
-        self.learning_rate = FloatSpinBox(
-            label="learning rate", min=1e-7, max=1.0, step=1e-5, value=2e-4
-        )
-        self.learning_rate.native.setDecimals(6)
-        self.lambda_cycle = FloatSpinBox(label="λ cycle", min=0, max=1000, value=10.0)
-        self.lambda_identity = FloatSpinBox(
-            label="λ identity", min=0, max=100, step=0.1, value=0.5
-        )
-        self.gan_mode = ComboBox(label="adversarial loss", choices=GAN_MODES, value="lsgan")
-        self.norm = ComboBox(label="normalisation", choices=NORMS, value="instance")
-        self.preview_every = SpinBox(
-            label="preview every", min=0, max=1_000_000, value=DEFAULTS["preview_every"]
-        )
-        self.log_every = SpinBox(
-            label="plot losses every", min=1, max=1_000_000, value=DEFAULTS["log_every"]
-        )
-        self.checkpoint_every = SpinBox(label="checkpoint every", min=0, max=10_000_000, value=500)
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
-        self.channel_axis_a = ComboBox(label="channels A", choices=CHANNEL_AXIS_CHOICES)
-        self.channel_axis_b = ComboBox(label="channels B", choices=CHANNEL_AXIS_CHOICES)
-        self.resume = FileEdit(
-            label="resume from", mode="r", nullable=True, filter="*.checkpoint.pt"
-        )
-        self.advanced = Container(
-            labels=True,
-            widgets=[
-                self.ndf,
-                self.batch_size,
-                self.n_steps_decay,
-                self.learning_rate,
-                self.lambda_cycle,
-                self.lambda_identity,
-                self.gan_mode,
-                self.norm,
-                self.preview_every,
-                self.log_every,
-                self.checkpoint_every,
-                self.seed,
-                self.channel_axis_a,
-                self.channel_axis_b,
-                self.resume,
-            ],
-        )
+        self.fields = TrainingFields()
+        for name, widget in vars(self.fields).items():  # scripts set widget.ngf.value, ...
+            if name not in ("main", "advanced"):
+                setattr(self, name, widget)
+        self.advanced = self.fields.advanced
 
         # ---------------------------------------------------------------- controls
         self.start_button = PushButton(text="Start")
@@ -245,13 +112,7 @@ class TrainWidget(Container):
                 self.folder_a,
                 self.layers_b,
                 self.folder_b,
-                self.generator,
-                self.ngf,
-                self.crop_size,
-                self.n_steps,
-                self.device,
-                self.device_info,
-                self.output,
+                *self.fields.main,
             ]
         )
         fold = QCollapsible("advanced")
@@ -275,8 +136,13 @@ class TrainWidget(Container):
         self._close_watch = StopOnClose(self.native, self.shutdown)
 
     # ------------------------------------------------------------------ choices
+    @property
+    def _preview_layers(self) -> dict:
+        """The preview layers of the last run ("G"/"F" → layer)."""
+        return self.previews.layers
+
     def _image_choices(self, _widget=None):
-        previews = list(self._preview_layers.values())
+        previews = list(self.previews.layers.values())
         return [
             (name, layer) for name, layer in image_layers(self.viewer) if layer not in previews
         ]
@@ -298,7 +164,6 @@ class TrainWidget(Container):
     def _show_device(self, _value=None) -> None:
         self.device_info.value = describe_device_choice(self.device.value)
 
-    # ------------------------------------------------------------------ reading
     def config(self) -> Config:
         """The :class:`~napari_cyclestyle.Config` the fields describe.
 
@@ -307,31 +172,7 @@ class TrainWidget(Container):
         ConfigError
             If a value is impossible (the message names it).
         """
-        lambda_cycle = float(self.lambda_cycle.value)
-        return Config(
-            model=ModelConfig(
-                generator=self.generator.value,
-                ngf=int(self.ngf.value),
-                ndf=int(self.ndf.value),
-                norm=self.norm.value,
-            ),
-            train=TrainConfig(
-                n_steps=int(self.n_steps.value),
-                n_steps_decay=int(self.n_steps_decay.value),
-                batch_size=int(self.batch_size.value),
-                crop_size=int(self.crop_size.value),
-                learning_rate=float(self.learning_rate.value),
-                gan_mode=self.gan_mode.value,
-                lambda_cycle_a=lambda_cycle,
-                lambda_cycle_b=lambda_cycle,
-                lambda_identity=float(self.lambda_identity.value),
-                seed=int(self.seed.value),
-                device=self.device.value,
-                checkpoint_every=int(self.checkpoint_every.value),
-                preview_every=int(self.preview_every.value),
-                log_every=int(self.log_every.value),
-            ),
-        )
+        return self.fields.config()
 
     def _domain(self, name: str, layers, folder) -> list:
         images = [image_data(layer) for layer in layers]
@@ -372,15 +213,15 @@ class TrainWidget(Container):
             return
 
         avoid_llvm_clash()
-        self._run = run = _Run()
-        self._added_layers = []
+        self._run = run = TrainingRun()
+        self.previews.added = []
         self.model_path = None
         self.last_event = None
         self.loss_plot.clear()
         self.progress.max = config.train.total_steps
         self.progress.value = 0
         self.status.value = "preparing the data and networks…"
-        worker = _training_worker(
+        worker = training_worker(
             run,
             domain_a,
             domain_b,
@@ -450,7 +291,7 @@ class TrainWidget(Container):
         if event.losses:
             self.loss_plot.add(event.step, event.losses)
         if event.preview:
-            self._show_preview(event.preview)
+            self.previews.show(event.preview, int(self.crop_size.value))
         if event.finished:
             self.loss_plot.redraw()
             self._finish(event)
@@ -477,13 +318,7 @@ class TrainWidget(Container):
 
     def _fail(self, failure: Failure) -> None:
         show_error(f"Training failed: {failure.message}")
-        for layer in self._added_layers:  # leave the viewer as it was
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self._added_layers = []
-        self._preview_layers = {
-            k: v for k, v in self._preview_layers.items() if v in self.viewer.layers
-        }
+        self.previews.remove_added()  # leave the viewer as it was
         self.status.value = "failed: " + failure.message
 
     def _on_finished(self) -> None:
@@ -506,72 +341,3 @@ class TrainWidget(Container):
         self.pause_button.enabled = running
         self.stop_button.enabled = running
         self.pause_button.text = "Pause"
-
-    # ------------------------------------------------------------------ previews
-    def _show_preview(self, preview: dict) -> None:
-        pending = [
-            (key, *preview_image(preview[real], preview[fake]))
-            for key, real, fake in (("G", "real_A", "fake_B"), ("F", "real_B", "fake_A"))
-        ]
-        self._update_previews(pending)
-
-    def _update_previews(self, pending: list) -> None:
-        """Update preview layers in place; adding a layer is slow, so at most one is
-        added per turn of the event loop (the window keeps responding)."""
-        while pending and not self._closed:
-            key, image, rgb = pending.pop(0)
-            layer = self._preview_layers.get(key)
-            if layer is not None and layer in self.viewer.layers:
-                if layer.rgb == rgb and layer.data.shape == image.shape:
-                    layer.data = image
-                    if not rgb:
-                        layer.reset_contrast_limits()
-                    continue
-                self.viewer.layers.remove(layer)
-            layer = self.viewer.add_image(
-                image, name=PREVIEW_NAMES[key], rgb=rgb, translate=self._preview_origin(key)
-            )
-            self._preview_layers[key] = layer
-            self._added_layers.append(layer)
-            self.reset_choices()  # the layer list changed before the preview was known
-            if pending:
-                QTimer.singleShot(0, lambda: self._update_previews(pending))
-                return
-
-    def _preview_origin(self, key: str) -> tuple[float, float]:
-        """Beside the data: right of everything else, G above F."""
-        others = [
-            layer for layer in self.viewer.layers if layer not in self._preview_layers.values()
-        ]
-        right, top = 0.0, 0.0
-        for layer in others:
-            extent = layer.extent.world
-            right = max(right, float(extent[1][-1]))
-            top = min(top, float(extent[0][-2]))
-        crop = int(self.crop_size.value)
-        return (top + (0 if key == "G" else crop + 8), right + 16)
-
-
-def preview_image(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Put a ``(C, Y, X)`` input patch and its translation side by side for display.
-
-    Returns the image and whether it is RGB. Gray beside RGB is shown as RGB; other
-    channel counts (or differing dtypes) show the translation alone, channels first.
-    """
-
-    def display(patch):
-        if patch.shape[0] == 1:
-            return patch[0], False
-        if patch.shape[0] == 3:
-            return np.moveaxis(patch, 0, -1), True
-        return patch, False
-
-    (real_view, real_rgb), (fake_view, fake_rgb) = display(real), display(fake)
-    usable = real.shape[0] in (1, 3) and fake.shape[0] in (1, 3) and real.dtype == fake.dtype
-    if not usable:
-        return fake_view, fake_rgb
-    rgb = real_rgb or fake_rgb
-    if rgb:
-        real_view = real_view if real_rgb else np.repeat(real_view[..., None], 3, -1)
-        fake_view = fake_view if fake_rgb else np.repeat(fake_view[..., None], 3, -1)
-    return np.concatenate([real_view, fake_view], axis=1), rgb

@@ -13,30 +13,25 @@ with the input's spatial metadata. The input layer is never modified. Scripts::
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from psygnal import Signal
 
 from ..choices import DEVICES
 from ..layout import infer_layout
 from ._common import (
-    Failure,
     StopOnClose,
-    avoid_llvm_clash,
     describe_device_choice,
-    failures_yielded,
     image_data,
     image_layers,
-    import_in_background,
-    wait_for_imports,
 )
 from ._registry import TrainedModel, trained_models
+from ._startup import avoid_llvm_clash, import_in_background
+from ._workers import Failure, TranslationRun, translate_worker
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -44,51 +39,6 @@ if TYPE_CHECKING:
 FROM_FILE = "model file…"
 DIRECTIONS = {"AtoB": "G: A → B", "BtoA": "F: B → A"}
 _SPATIAL_ATTRIBUTES = ("scale", "translate", "axis_labels", "units")
-
-
-class _RunState:
-    """What the GUI thread and a translation's worker thread share.
-
-    Cancelling goes through ``cancelled`` rather than the worker's ``quit()``: superqt
-    abandons a quit generator without closing it, which would leave the core's
-    translation (and its scratch files) open; here the worker ends its own loop.
-    """
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.cancelled = threading.Event()
-        self.done = threading.Event()
-
-    def cancel_and_wait(self, timeout: float) -> None:
-        """Cancel; if the work has begun, wait until it has ended. Work that has not
-        begun sees the cancellation first thing and does nothing."""
-        self.cancelled.set()
-        if self.started.is_set():
-            self.done.wait(timeout)
-
-
-@thread_worker(ignore_errors=True)
-def _translate_worker(data, model, direction: str, device: str, channel_axis, state):
-    """Yield the core's per-plane progress; errors come out as :class:`Failure`."""
-    wait_for_imports()
-    from ..inference import translate_steps
-
-    state.started.set()
-    try:
-        if state.cancelled.is_set():
-            return
-        steps = failures_yielded(
-            translate_steps(data, model, direction, device=device, channel_axis=channel_axis)
-        )
-        try:
-            for step in steps:
-                if state.cancelled.is_set():
-                    return
-                yield step
-        finally:
-            steps.close()  # ends the core's translation: its scratch files go
-    finally:
-        state.done.set()
 
 
 class TranslateWidget(Container):
@@ -294,8 +244,8 @@ class TranslateWidget(Container):
             return
         self.progress.value = 0
         self.status.value = f"translating {layer.name}…"
-        self._state = _RunState()
-        worker = _translate_worker(
+        self._state = TranslationRun()
+        worker = translate_worker(
             data, model, direction, self.device.value, channel_axis, self._state
         )
         worker.yielded.connect(lambda step: self._on_yielded(step, job))

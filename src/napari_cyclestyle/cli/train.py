@@ -14,16 +14,7 @@ from typing import TextIO
 
 import numpy as np
 
-from ..choices import (
-    BEST_METRICS,
-    DEVICES,
-    DISCRIMINATORS,
-    GAN_MODES,
-    GENERATORS,
-    NORMS,
-    PRECISIONS,
-)
-from ..config import Config, ModelConfig, TrainConfig
+from ..config import Config, ModelConfig, TrainConfig, settings
 from ..io import image_grid, image_to_rgb8, write_image
 from .common import (
     DEFAULT_MODEL,
@@ -35,159 +26,53 @@ from .common import (
 )
 from .progress import ProgressLine, format_train_event, format_validation
 
+# Each flag: the setting(s) it sets, and what argparse needs beyond the setting's own
+# help and choices (config.py owns those).
 _MODEL_FLAGS = {
-    "--generator": ("generator", {"choices": GENERATORS, "help": "generator architecture"}),
-    "--discriminator": (
-        "discriminator",
-        {"choices": DISCRIMINATORS, "help": "PatchGAN discriminator (basic = 70x70)"},
-    ),
-    "--n-layers-discriminator": (
-        "n_layers_discriminator",
-        {"type": int, "metavar": "N", "help": "layers of the n_layers discriminator"},
-    ),
-    "--ngf": ("ngf", {"type": int, "metavar": "N", "help": "generator width (filters)"}),
-    "--ndf": ("ndf", {"type": int, "metavar": "N", "help": "discriminator width (filters)"}),
-    "--norm": ("norm", {"choices": NORMS, "help": "normalisation layers"}),
-    "--dropout": (
-        "dropout",
-        {"action": argparse.BooleanOptionalAction, "help": "dropout in the generators"},
-    ),
+    "--generator": ("generator", {}),
+    "--discriminator": ("discriminator", {}),
+    "--n-layers-discriminator": ("n_layers_discriminator", {"type": int, "metavar": "N"}),
+    "--ngf": ("ngf", {"type": int, "metavar": "N"}),
+    "--ndf": ("ndf", {"type": int, "metavar": "N"}),
+    "--norm": ("norm", {}),
+    "--dropout": ("dropout", {"action": argparse.BooleanOptionalAction}),
 }
 
 _TRAIN_FLAGS = {
-    "--steps": (
-        "n_steps",
-        {"type": int, "metavar": "N", "help": "steps at the initial learning rate"},
-    ),
-    "--decay-steps": (
-        "n_steps_decay",
-        {"type": int, "metavar": "N", "help": "further steps decaying the rate to zero"},
-    ),
-    "--batch-size": ("batch_size", {"type": int, "metavar": "N", "help": "patches per step"}),
-    "--crop-size": (
-        "crop_size",
-        {"type": int, "metavar": "PIXELS", "help": "side of the training patches"},
-    ),
-    "--learning-rate": ("learning_rate", {"type": float, "metavar": "RATE", "help": "Adam"}),
+    "--steps": ("n_steps", {"type": int, "metavar": "N"}),
+    "--decay-steps": ("n_steps_decay", {"type": int, "metavar": "N"}),
+    "--batch-size": ("batch_size", {"type": int, "metavar": "N"}),
+    "--crop-size": ("crop_size", {"type": int, "metavar": "PIXELS"}),
+    "--learning-rate": ("learning_rate", {"type": float, "metavar": "RATE"}),
     "--lambda-cycle": (
         ("lambda_cycle_a", "lambda_cycle_b"),
         {"type": float, "metavar": "WEIGHT", "help": "cycle-consistency weight (both cycles)"},
     ),
-    "--lambda-identity": (
-        "lambda_identity",
-        {
-            "type": float,
-            "metavar": "WEIGHT",
-            "help": "identity weight relative to the cycle weight; used only when both "
-            "domains have the same channel count",
-        },
-    ),
-    "--gan-mode": ("gan_mode", {"choices": GAN_MODES, "help": "adversarial loss"}),
-    "--pool-size": (
-        "pool_size",
-        {"type": int, "metavar": "N", "help": "history pool of fakes (0: off)"},
-    ),
-    "--flip": (
-        "flip",
-        {"action": argparse.BooleanOptionalAction, "help": "random flips/rotations"},
-    ),
-    "--seed": ("seed", {"type": int, "metavar": "N", "help": "random seed"}),
-    "--deterministic": (
-        "deterministic",
-        {"action": argparse.BooleanOptionalAction, "help": "deterministic torch algorithms"},
-    ),
-    "--device": ("device", {"choices": DEVICES, "help": "where to train"}),
-    "--precision": (
-        "precision",
-        {
-            "choices": PRECISIONS,
-            "help": "arithmetic: auto is bf16 (else fp16) mixed precision on CUDA, fp32 "
-            "elsewhere; fp32 is IEEE float32 everywhere",
-        },
-    ),
-    "--compile": (
-        "compile",
-        {
-            "action": argparse.BooleanOptionalAction,
-            "help": "compile the networks with torch.compile (faster steps after a minute "
-            "or more of compiling)",
-        },
-    ),
-    "--channels-last": (
-        "channels_last",
-        {
-            "action": argparse.BooleanOptionalAction,
-            "help": "channels-last (NHWC) weights and batches: for tensor cores; slower on "
-            "the CPU",
-        },
-    ),
-    "--cudnn-benchmark": (
-        "cudnn_benchmark",
-        {
-            "action": argparse.BooleanOptionalAction,
-            "help": "let cuDNN time its convolution algorithms and keep the fastest (CUDA)",
-        },
-    ),
-    "--checkpoint-every": (
-        "checkpoint_every",
-        {"type": int, "metavar": "N", "help": "write a checkpoint every N steps (0: at the end)"},
-    ),
-    "--preview-every": (
-        "preview_every",
-        {
-            "type": int,
-            "metavar": "N",
-            "help": "write a preview every N steps (needs --preview-dir)",
-        },
-    ),
-    "--log-every": (
-        "log_every",
-        {"type": int, "metavar": "N", "help": "read the losses every N steps"},
-    ),
+    "--lambda-identity": ("lambda_identity", {"type": float, "metavar": "WEIGHT"}),
+    "--gan-mode": ("gan_mode", {}),
+    "--pool-size": ("pool_size", {"type": int, "metavar": "N"}),
+    "--flip": ("flip", {"action": argparse.BooleanOptionalAction}),
+    "--seed": ("seed", {"type": int, "metavar": "N"}),
+    "--deterministic": ("deterministic", {"action": argparse.BooleanOptionalAction}),
+    "--device": ("device", {}),
+    "--precision": ("precision", {}),
+    "--compile": ("compile", {"action": argparse.BooleanOptionalAction}),
+    "--channels-last": ("channels_last", {"action": argparse.BooleanOptionalAction}),
+    "--cudnn-benchmark": ("cudnn_benchmark", {"action": argparse.BooleanOptionalAction}),
+    "--checkpoint-every": ("checkpoint_every", {"type": int, "metavar": "N"}),
+    "--preview-every": ("preview_every", {"type": int, "metavar": "N"}),
+    "--log-every": ("log_every", {"type": int, "metavar": "N"}),
 }
 
 
 # Held-out validation, the best model and the health watch (issue 20).
 _VALIDATION_FLAGS = {
-    "--validation-fraction": (
-        "validation_fraction",
-        {
-            "type": float,
-            "metavar": "FRACTION",
-            "help": "keep this fraction of each domain's image planes out of training to "
-            "validate on (domains given --validation-a/-b use those instead)",
-        },
-    ),
-    "--validation-every": (
-        "validation_every",
-        {"type": int, "metavar": "N", "help": "validate every N steps and at the end (0: end)"},
-    ),
-    "--validation-patches": (
-        "validation_patches",
-        {"type": int, "metavar": "N", "help": "fixed validation patches per domain"},
-    ),
-    "--keep-best": (
-        "keep_best",
-        {
-            "action": argparse.BooleanOptionalAction,
-            "help": "with validation data, keep <stem>.best.safetensors at the best --best-metric",
-        },
-    ),
-    "--best-metric": (
-        "best_metric",
-        {
-            "choices": BEST_METRICS,
-            "help": "what the best model is best at: auto is ssim with --validation-truth-b, "
-            "else cycle",
-        },
-    ),
-    "--health-watch": (
-        "health_watch",
-        {
-            "action": argparse.BooleanOptionalAction,
-            "help": "warn, with advice, when training looks like failing",
-        },
-    ),
+    "--validation-fraction": ("validation_fraction", {"type": float, "metavar": "FRACTION"}),
+    "--validation-every": ("validation_every", {"type": int, "metavar": "N"}),
+    "--validation-patches": ("validation_patches", {"type": int, "metavar": "N"}),
+    "--keep-best": ("keep_best", {"action": argparse.BooleanOptionalAction}),
+    "--best-metric": ("best_metric", {}),
+    "--health-watch": ("health_watch", {"action": argparse.BooleanOptionalAction}),
 }
 
 
@@ -195,9 +80,15 @@ def _flag_dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def _default_of(section: type, setting: str | tuple[str, ...]) -> object:
-    name = setting if isinstance(setting, str) else setting[0]
-    return getattr(section, name)
+def _argument(section: type, setting: str | tuple[str, ...], keywords: dict) -> dict:
+    """The keywords of ``add_argument`` for a flag: its setting's help (with the default)
+    and choices from the configuration, then the flag's own."""
+    facts = settings(section)[setting if isinstance(setting, str) else setting[0]]
+    keywords = {"help": facts.help, **keywords}
+    if facts.choices is not None:
+        keywords = {"choices": facts.choices, **keywords}
+    keywords["help"] += f" (default: {facts.default})"
+    return keywords
 
 
 def add_parser(subparsers) -> None:
@@ -261,8 +152,7 @@ def add_parser(subparsers) -> None:
     ):
         group = parser.add_argument_group(title)
         for flag, (setting, keywords) in flags.items():
-            keywords = dict(keywords)
-            keywords["help"] += f" (default: {_default_of(section, setting)})"
+            keywords = _argument(section, setting, keywords)
             group.add_argument(flag, dest=_flag_dest(flag), default=None, **keywords)
     add_threads_argument(parser, None)
     parser.set_defaults(run=_run_train)
@@ -307,8 +197,9 @@ def _run_train(args: argparse.Namespace) -> int:
     checkpoint_config = None
     output = args.output
     if args.resume is not None:
-        # Only the settings here; the Trainer reads and checks the whole checkpoint.
-        done, checkpoint_config = TrainingCheckpoint.read_settings(args.resume)
+        checkpoint = TrainingCheckpoint.load(args.resume)  # read again by the Trainer
+        done, checkpoint_config = checkpoint.step, checkpoint.config
+        del checkpoint
         if output is None:
             name = Path(args.resume).name.removesuffix(CHECKPOINT_SUFFIX) + MODEL_SUFFIX
             output = Path(args.resume).with_name(name)

@@ -24,6 +24,7 @@ from .common import EXIT_OK, UsageError, add_threads_argument
 from .progress import ProgressLine
 
 if TYPE_CHECKING:
+    from ..inference import TranslateOptions
     from ..model import CycleStyleModel
 
 
@@ -183,6 +184,7 @@ def _output_paths(inputs: Sequence[str], files: list[Path], output: str | None, 
 
 def _run_translate(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
+    from ..inference import TranslateOptions
     from ..model import parse_direction
     from ..model_file import load_model
 
@@ -198,15 +200,15 @@ def _run_translate(args: argparse.Namespace) -> int:
             ".zarr output. Convert the images to zarr, or leave out --dask-scheduler."
         )
     progress = ProgressLine(sys.stderr)
-    options = {
-        "device": device,
-        "channel_axis": args.channel_axis,
-        "tile_size": args.tile_size,
-        "overlap": args.overlap,
-        "statistics": args.statistics,
-        "memory_budget": args.memory_budget,
-        "scratch": args.scratch,
-    }
+    options = TranslateOptions(
+        device=device,
+        channel_axis=args.channel_axis,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        statistics=args.statistics,
+        memory_budget=args.memory_budget,
+        scratch=args.scratch,
+    )
     with _dask_client(args.dask_scheduler):
         for index, (source, target, named) in enumerate(targets, 1):
 
@@ -228,7 +230,7 @@ def _translate_file(
     model: CycleStyleModel,
     direction: str,
     show: Callable[[int, int], None],
-    options: dict,
+    options: TranslateOptions,
 ) -> None:
     """Translate one image file into ``target`` (a zarr input tile by tile into a zarr)."""
     from ..inference import translate
@@ -238,9 +240,9 @@ def _translate_file(
             if target.exists():
                 raise ValueError(f"{target} exists; remove it or choose another --output.")
             image = open_zarr_image(source)
-            translate(image, model, direction, progress=show, output=str(target), **options)
+            translate(image, model, direction, progress=show, output=str(target), options=options)
             return
-        result = translate(read_image(source), model, direction, progress=show, **options)
+        result = translate(read_image(source), model, direction, progress=show, options=options)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from error
     if not named and target.suffix == ".png" and not fits_png(result):

@@ -1,0 +1,138 @@
+"""Start-up workarounds for torch inside napari: the triton guard, one core left for
+the viewer, and the slow imports done in a background thread.
+
+They exist because of how torch, Mesa's OpenGL driver and Qt's event loop meet in one
+process; the widgets' own helpers are :mod:`._common`. Measurements:
+benchmarks/README.md ("Opening the training widget").
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+
+from qtpy.QtCore import QObject, Signal, Slot
+
+
+def avoid_llvm_clash() -> bool:
+    """Keep torch from importing triton when an OpenGL driver's LLVM is loaded.
+
+    napari's canvas makes Mesa load ``libLLVM`` into the process; triton's
+    ``libtriton.so`` carries its own LLVM and importing it afterwards crashes the
+    interpreter (SIGSEGV in its initialisers). torch imports triton lazily, e.g. when
+    the first optimiser is built. The widgets never use ``torch.compile``, so when that
+    clash is possible we make ``import triton`` raise ImportError instead, which torch
+    handles. Call it before anything may import triton, once the viewer exists (napari
+    makes the driver load its LLVM while it builds the viewer, before any widget opens:
+    measured with napari 0.9 under Xvfb). Returns True when the guard is set.
+    """
+    if "triton" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            clash = any("libLLVM" in line for line in maps)
+    except OSError:
+        return False
+    if clash:
+        sys.modules["triton"] = None  # import triton → ImportError, not a crash
+    return clash
+
+
+def import_in_background() -> None:
+    """Make torch ready for the widgets' workers without holding up the window.
+
+    The quick parts happen now, in the GUI thread: the triton guard (napari's viewer
+    loads the OpenGL driver when it is built, before any widget, so the check sees the
+    clash and the guard is set before the thread below may import triton) and torch's
+    thread count. The slow part, importing the core's torch modules, ``torch._dynamo``
+    (torch's optimisers import it on first use) and matplotlib's Qt backend (the loss
+    plot), takes seconds and is started in a background thread, once for all widgets:
+    in a thread it stalls the event loop for a fraction of what it froze the window for
+    in the GUI thread (figures: benchmarks/README.md, "Opening the training widget").
+    Workers call :func:`wait_for_imports` before they use torch.
+    """
+    global _imports
+    avoid_llvm_clash()
+    leave_a_core_for_the_viewer()
+    if _imports is None:
+        _imports = _BackgroundImports()
+
+
+def wait_for_imports() -> None:
+    """Block until the background imports have finished (at once if none were started).
+
+    Call it from a worker thread: in the GUI thread it would freeze the window.
+    """
+    if _imports is not None:
+        _imports.thread.join()
+
+
+def when_imported(slot: Callable[[], None]) -> None:
+    """Call ``slot`` in the GUI thread once the background imports have finished: now
+    if they have (or were never started), else from the event loop.
+
+    Give a bound method of a QObject: the connection ends when that object is deleted.
+    """
+    if _imports is None or _imports.done:
+        slot()
+    else:
+        _imports.ready.connect(slot)
+
+
+def _import_heavy_modules() -> None:
+    from .. import inference, trainer  # noqa: F401
+
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # not in every torch build
+        pass
+    import matplotlib.backends.backend_qtagg  # noqa: F401
+
+
+class _BackgroundImports(QObject):
+    """The thread importing :func:`_import_heavy_modules`; made in the GUI thread."""
+
+    _thread_finished = Signal()  # emitted by the thread, received in the GUI thread
+    ready = Signal()  # emitted in the GUI thread once the imports have finished
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Set and read in the GUI thread only, so a slot given to when_imported is
+        # either called at once or connected before ``ready`` is emitted.
+        self.done = False
+        self._thread_finished.connect(self._on_thread_finished)
+        self.thread = threading.Thread(
+            target=self._run, name="napari-cyclestyle imports", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:  # an error is printed here and raised again by the worker's own import
+            _import_heavy_modules()
+        finally:
+            self._thread_finished.emit()
+
+    @Slot()
+    def _on_thread_finished(self) -> None:
+        self.done = True
+        self.ready.emit()
+
+
+_imports: _BackgroundImports | None = None
+
+
+def leave_a_core_for_the_viewer() -> None:
+    """Run torch on one core fewer than the machine has.
+
+    torch's OpenMP threads spin-wait for each other; when one of them shares its core
+    with napari's drawing, every operation waits for it (figures: benchmarks/README.md).
+    Done once, in the GUI thread, before any worker starts.
+    """
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    if torch.get_num_threads() >= cores:
+        torch.set_num_threads(max(1, cores - 1))

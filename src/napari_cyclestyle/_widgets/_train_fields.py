@@ -1,0 +1,155 @@
+"""The training widget's settings: one field per configuration setting it offers, and
+the :class:`~napari_cyclestyle.Config` they describe.
+
+Values, ranges and choices come from the configuration's fields (config.py); the
+labels, and a first try that suits a laptop CPU (:data:`DEFAULTS`), are the widget's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, SpinBox
+
+from ..config import Config, ModelConfig, TrainConfig, settings
+
+# A first try on a laptop CPU: visibly learns the sample domains in about a minute. The
+# other fields start at the configuration's defaults, within its bounds (config.py).
+DEFAULTS = {
+    "generator": "resnet_6blocks",
+    "ngf": 16,
+    "ndf": 16,
+    "crop_size": 64,
+    "n_steps": 300,
+    "n_steps_decay": 300,
+    "preview_every": 25,
+    "log_every": 10,
+}
+CHANNEL_AXIS_CHOICES = [
+    ("auto (RGB last, else gray)", None),
+    ("last axis (…, Y, X, C)", -1),
+    ("before Y, X (…, C, Y, X)", -3),
+    ("first axis (C, …)", 0),
+]
+
+
+def _initial(section: type, setting: str):
+    """A field's facts and its first value (the widget's own first try, else the
+    configuration's default)."""
+    facts = settings(section)[setting]
+    return facts, DEFAULTS.get(setting, facts.default)
+
+
+def _number(section: type, setting: str, label: str, **options) -> SpinBox | FloatSpinBox:
+    """A spin box for a numeric setting, within the bounds the configuration gives it."""
+    facts, value = _initial(section, setting)
+    kind = FloatSpinBox if isinstance(facts.default, float) else SpinBox
+    low, high = facts.bounds
+    return kind(label=label, min=low, max=high, value=value, **options)
+
+
+def _choice(section: type, setting: str, label: str, **options) -> ComboBox:
+    """A combo box offering a setting's choices."""
+    facts, value = _initial(section, setting)
+    return ComboBox(label=label, choices=facts.choices, value=value, **options)
+
+
+class TrainingFields:
+    """The settings fields: the main ones (:attr:`main`, shown at once) and the
+    :attr:`advanced` container (folded away)."""
+
+    def __init__(self) -> None:
+        self.generator = _choice(ModelConfig, "generator", "generator", name="generator")
+        self.ngf = _number(ModelConfig, "ngf", "width (ngf)")
+        self.crop_size = _number(TrainConfig, "crop_size", "crop size", step=16)
+        self.n_steps = _number(TrainConfig, "n_steps", "steps")
+        self.device = _choice(TrainConfig, "device", "device")
+        self.device_info = Label(label="")
+        self.output = FileEdit(
+            label="output file",
+            mode="w",
+            filter="*.safetensors",
+            value=Path.home() / "cyclestyle-model.safetensors",
+        )
+
+        self.ndf = _number(ModelConfig, "ndf", "width D (ndf)")
+        self.batch_size = _number(TrainConfig, "batch_size", "batch size")
+        self.n_steps_decay = _number(TrainConfig, "n_steps_decay", "decay steps")
+        self.learning_rate = _number(TrainConfig, "learning_rate", "learning rate", step=1e-5)
+        self.learning_rate.native.setDecimals(6)
+        self.lambda_cycle = _number(TrainConfig, "lambda_cycle_a", "λ cycle")
+        self.lambda_identity = _number(TrainConfig, "lambda_identity", "λ identity", step=0.1)
+        self.gan_mode = _choice(TrainConfig, "gan_mode", "adversarial loss")
+        self.norm = _choice(ModelConfig, "norm", "normalisation")
+        self.preview_every = _number(TrainConfig, "preview_every", "preview every")
+        self.log_every = _number(TrainConfig, "log_every", "plot losses every")
+        self.checkpoint_every = _number(TrainConfig, "checkpoint_every", "checkpoint every")
+        self.seed = _number(TrainConfig, "seed", "seed")
+        self.channel_axis_a = ComboBox(label="channels A", choices=CHANNEL_AXIS_CHOICES)
+        self.channel_axis_b = ComboBox(label="channels B", choices=CHANNEL_AXIS_CHOICES)
+        self.resume = FileEdit(
+            label="resume from", mode="r", nullable=True, filter="*.checkpoint.pt"
+        )
+        self.advanced = Container(
+            labels=True,
+            widgets=[
+                self.ndf,
+                self.batch_size,
+                self.n_steps_decay,
+                self.learning_rate,
+                self.lambda_cycle,
+                self.lambda_identity,
+                self.gan_mode,
+                self.norm,
+                self.preview_every,
+                self.log_every,
+                self.checkpoint_every,
+                self.seed,
+                self.channel_axis_a,
+                self.channel_axis_b,
+                self.resume,
+            ],
+        )
+        self.main = [
+            self.generator,
+            self.ngf,
+            self.crop_size,
+            self.n_steps,
+            self.device,
+            self.device_info,
+            self.output,
+        ]
+
+    def config(self) -> Config:
+        """The :class:`~napari_cyclestyle.Config` the fields describe.
+
+        Raises
+        ------
+        ConfigError
+            If a value is impossible (the message names it).
+        """
+        lambda_cycle = float(self.lambda_cycle.value)
+        return Config(
+            model=ModelConfig(
+                generator=self.generator.value,
+                ngf=int(self.ngf.value),
+                ndf=int(self.ndf.value),
+                norm=self.norm.value,
+            ),
+            train=TrainConfig(
+                n_steps=int(self.n_steps.value),
+                n_steps_decay=int(self.n_steps_decay.value),
+                batch_size=int(self.batch_size.value),
+                crop_size=int(self.crop_size.value),
+                learning_rate=float(self.learning_rate.value),
+                gan_mode=self.gan_mode.value,
+                lambda_cycle_a=lambda_cycle,
+                lambda_cycle_b=lambda_cycle,
+                lambda_identity=float(self.lambda_identity.value),
+                seed=int(self.seed.value),
+                device=self.device.value,
+                checkpoint_every=int(self.checkpoint_every.value),
+                preview_every=int(self.preview_every.value),
+                log_every=int(self.log_every.value),
+            ),
+        )
