@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    SpinBox,
+)
 
 from ..config import Config, ModelConfig, TrainConfig, settings
 
@@ -46,6 +54,12 @@ def _number(section: type, setting: str, label: str, **options) -> SpinBox | Flo
     kind = FloatSpinBox if isinstance(facts.default, float) else SpinBox
     low, high = facts.bounds
     return kind(label=label, min=low, max=high, value=value, **options)
+
+
+def _flag(section: type, setting: str, text: str) -> CheckBox:
+    """A check box for a true/false setting."""
+    _, value = _initial(section, setting)
+    return CheckBox(text=text, value=value)
 
 
 def _choice(section: type, setting: str, label: str, **options) -> ComboBox:
@@ -90,6 +104,21 @@ class TrainingFields:
         self.resume = FileEdit(
             label="resume from", mode="r", nullable=True, filter="*.checkpoint.pt"
         )
+        # Validation, the best model and the health watch (issue 20).
+        self.validation_fraction = _number(
+            TrainConfig, "validation_fraction", "validation fraction", step=0.05
+        )
+        self.validation_every = _number(TrainConfig, "validation_every", "validate every")
+        self.keep_best = _flag(TrainConfig, "keep_best", "keep the best model")
+        self.best_metric = _choice(TrainConfig, "best_metric", "best model by")
+        self.health_watch = _flag(TrainConfig, "health_watch", "health watch (warnings)")
+        validation = [
+            self.validation_fraction,
+            self.validation_every,
+            self.keep_best,
+            self.best_metric,
+            self.health_watch,
+        ]
         self.advanced = Container(
             labels=True,
             widgets=[
@@ -108,6 +137,7 @@ class TrainingFields:
                 self.channel_axis_a,
                 self.channel_axis_b,
                 self.resume,
+                *validation,
             ],
         )
         self.main = [
@@ -151,5 +181,16 @@ class TrainingFields:
                 checkpoint_every=int(self.checkpoint_every.value),
                 preview_every=int(self.preview_every.value),
                 log_every=int(self.log_every.value),
+                validation_fraction=float(self.validation_fraction.value),
+                validation_every=int(self.validation_every.value),
+                keep_best=bool(self.keep_best.value),
+                best_metric=self.best_metric.value,
+                health_watch=bool(self.health_watch.value),
             ),
         )
+
+    def remembered(self) -> dict:
+        """The fields whose values a new session starts from (all settings but the
+        checkpoint to resume, which is for one run), by name."""
+        skipped = ("main", "advanced", "device_info", "resume")
+        return {name: field for name, field in vars(self).items() if name not in skipped}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import (
+    CheckBox,
     Container,
     FileEdit,
     Label,
@@ -26,7 +27,7 @@ from magicgui.widgets import (
     PushButton,
     Select,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from superqt import QCollapsible
 
@@ -41,6 +42,7 @@ from ._common import (
 from ._plots import LossPlot
 from ._previews import PreviewLayers
 from ._registry import trained_models
+from ._remembered import RememberedFields
 from ._startup import avoid_llvm_clash, import_in_background
 from ._train_fields import TrainingFields
 from ._workers import Failure, TrainingRun, training_worker
@@ -78,6 +80,7 @@ class TrainWidget(Container):
         self.previews = PreviewLayers(viewer, self.reset_choices, lambda: self._closed)
 
         # ---------------------------------------------------------------- domains
+        self.own_layers = CheckBox(text="offer previews and translations too", value=False)
         choices = self._image_choices
         self.layers_a = Select(label="domain A layers", choices=choices, name="layers_a")
         self.folder_a = FileEdit(label="or folder A", mode="d", nullable=True, name="folder_a")
@@ -85,6 +88,7 @@ class TrainWidget(Container):
         self.folder_b = FileEdit(label="or folder B", mode="d", nullable=True, name="folder_b")
         for select in (self.layers_a, self.layers_b):
             select.native.setMaximumHeight(70)
+        self.own_layers.changed.connect(self._on_layers_changed)
 
         # ---------------------------------------------------------------- settings
         self.fields = TrainingFields()
@@ -92,6 +96,9 @@ class TrainWidget(Container):
             if name not in ("main", "advanced"):
                 setattr(self, name, widget)
         self.advanced = self.fields.advanced
+        self.remembered = RememberedFields("train", self.fields.remembered())
+        self.reset_button = PushButton(text="reset to defaults")
+        self.advanced.append(self.reset_button)
 
         # ---------------------------------------------------------------- controls
         self.start_button = PushButton(text="Start")
@@ -105,6 +112,8 @@ class TrainWidget(Container):
         self.buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="", value="ready")
+        self.health = Label(label="", value="")
+        self.health.native.setWordWrap(True)
 
         self.extend(
             [
@@ -112,6 +121,7 @@ class TrainWidget(Container):
                 self.folder_a,
                 self.layers_b,
                 self.folder_b,
+                self.own_layers,
                 *self.fields.main,
             ]
         )
@@ -119,7 +129,7 @@ class TrainWidget(Container):
         fold.addWidget(self.advanced.native)
         self.native.layout().addWidget(fold)
         self.advanced_fold = fold
-        self.extend([self.buttons, self.progress, self.status])
+        self.extend([self.buttons, self.progress, self.status, self.health])
         import_in_background()  # before the loss plot, which waits for matplotlib
         self.loss_plot = LossPlot()
         self.native.layout().addWidget(self.loss_plot)
@@ -127,6 +137,7 @@ class TrainWidget(Container):
         self.start_button.changed.connect(self.start)
         self.pause_button.changed.connect(self.pause)
         self.stop_button.changed.connect(self.stop)
+        self.reset_button.changed.connect(self.remembered.reset)
         self.device.changed.connect(self._show_device)
         self._show_device()
         events = viewer.layers.events
@@ -142,9 +153,13 @@ class TrainWidget(Container):
         return self.previews.layers
 
     def _image_choices(self, _widget=None):
+        """The image layers to offer as domains: without the plugin's own previews and
+        translations unless asked for, never this run's previews."""
         previews = list(self.previews.layers.values())
         return [
-            (name, layer) for name, layer in image_layers(self.viewer) if layer not in previews
+            (name, layer)
+            for name, layer in image_layers(self.viewer, own=bool(self.own_layers.value))
+            if layer not in previews
         ]
 
     def _on_layers_changed(self, _event=None) -> None:
@@ -218,6 +233,7 @@ class TrainWidget(Container):
         self.model_path = None
         self.last_event = None
         self.loss_plot.clear()
+        self.health.value = ""
         self.progress.max = config.train.total_steps
         self.progress.value = 0
         self.status.value = "preparing the data and networks…"
@@ -290,11 +306,21 @@ class TrainWidget(Container):
         )
         if event.losses:
             self.loss_plot.add(event.step, event.losses)
+        if event.validation:
+            self.loss_plot.add_validation(event.step, event.validation)
+        for warning in event.warnings:
+            self._warn(warning)
         if event.preview:
             self.previews.show(event.preview, int(self.crop_size.value))
         if event.finished:
             self.loss_plot.redraw()
             self._finish(event)
+
+    def _warn(self, warning) -> None:
+        """A health warning: a notification, and a line kept under the status."""
+        show_warning(f"Training health: {warning}")
+        lines = [line for line in self.health.value.split("\n") if line]
+        self.health.value = "\n".join([*lines, f"⚠ {warning}"])
 
     def _finish(self, event) -> None:
         run = self._run

@@ -1,0 +1,82 @@
+"""The training widget helps judge a run: validation curves, health warnings, remembered
+settings, and domain lists without the plugin's own layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.utils.notifications import NotificationSeverity, notification_manager
+
+from napari_cyclestyle.health import HealthWarning
+from napari_cyclestyle.trainer import TrainEvent
+
+PLUGIN = "napari-cyclestyle"
+
+
+def test_validation_values_are_plotted_beside_the_losses(
+    train_widget, tiny_settings, wait_done, tmp_path
+):
+    tiny_settings(train_widget, tmp_path / "m.safetensors", validation_fraction=0.25)
+    train_widget.validation_every.value = 2
+    train_widget.start()
+    wait_done(train_widget)
+    plot = train_widget.loss_plot
+    assert plot.validation_steps == [2, 4]
+    assert all(np.isfinite(plot.validation["val cycle A"]))
+    assert (tmp_path / "m.best.safetensors").is_file()
+    plot.log_scale.setChecked(True)
+    assert all(axes.get_yscale() == "log" for axes in plot.axes.values())
+
+
+def test_a_health_warning_is_a_notification_and_a_line(train_widget):
+    seen = []
+
+    def record(notification):
+        if notification.severity == NotificationSeverity.WARNING:
+            seen.append(str(notification.message))
+
+    warning = HealthWarning("mode_collapse", 7, "Mode collapse: G's outputs ...", "a lower lr.")
+    event = TrainEvent(7, 10, 2e-4, 1.0, 1.0, 7.0, warnings=[warning])
+    notification_manager.notification_ready.connect(record)
+    try:
+        train_widget._on_yielded(event)
+    finally:
+        notification_manager.notification_ready.disconnect(record)
+    assert seen and "Mode collapse" in seen[0] and "Try: a lower lr." in seen[0]
+    assert "Mode collapse" in train_widget.health.value
+
+
+def test_settings_survive_closing_and_reopening_in_a_fresh_viewer(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train CycleGAN")
+    defaults = {"ngf": widget.ngf.value, "learning_rate": widget.learning_rate.value}
+    widget.generator.value = "unet_128"
+    widget.ngf.value = 24
+    widget.learning_rate.value = 1e-3
+    widget.keep_best.value = False
+    widget.output.value = tmp_path / "remembered.safetensors"
+    viewer.close()
+
+    fresh = make_napari_viewer()
+    _, reopened = fresh.window.add_plugin_dock_widget(PLUGIN, "Train CycleGAN")
+    assert reopened.generator.value == "unet_128"
+    assert reopened.ngf.value == 24
+    assert reopened.learning_rate.value == pytest.approx(1e-3)
+    assert reopened.keep_best.value is False
+    assert reopened.output.value == tmp_path / "remembered.safetensors"
+
+    reopened.reset_button.clicked.emit()
+    assert reopened.ngf.value == defaults["ngf"]
+    assert reopened.learning_rate.value == pytest.approx(defaults["learning_rate"])
+    _, again = fresh.window.add_plugin_dock_widget(PLUGIN, "Train CycleGAN", tabify=True)
+    assert again.ngf.value == defaults["ngf"] and again.keep_best.value is True
+
+
+def test_domain_lists_leave_out_the_plugins_own_layers(viewer, train_widget):
+    translated = viewer.add_image(
+        np.zeros((8, 8)), name="x [G: A→B]", metadata={"cyclestyle": {"direction": "AtoB"}}
+    )
+    offered = [layer.name for layer in train_widget.layers_a.choices]
+    assert translated.name not in offered and "domain A (brightfield)" in offered
+    train_widget.own_layers.value = True
+    assert translated.name in [layer.name for layer in train_widget.layers_b.choices]
