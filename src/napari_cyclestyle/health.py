@@ -39,6 +39,27 @@ _WARM_UP_FRACTION = 0.1
 _SPIKE_FACTOR, _SPIKES_IN_A_ROW, _SPIKE_GROWTH = 3.0, 4, 1.25
 _LEVEL_SMOOTHING = 0.1
 
+# The checks on measurements: kind, the measure (per output domain), the bound below
+# which it fails; what the warning says, and what to try.
+_TRANSLATION_CHECKS = (
+    ("mode_collapse", "diversity", _COLLAPSED_DIVERSITY),
+    ("content_inversion", "structure", _INVERTED_STRUCTURE),
+)
+_TRANSLATION_PROBLEMS = {
+    "mode_collapse": "Mode collapse: {generator}'s outputs vary {value:.0%} as much as the "
+    "real images of domain {domain} do; it makes nearly the same image whatever the input.",
+    "content_inversion": "Content inversion: {generator}'s output is anti-correlated with "
+    "its input (correlation {value:.2f}): what is bright in domain {source} comes out dark.",
+}
+_TRANSLATION_ADVICE = {
+    "mode_collapse": "a lower learning rate, more cycle or identity weight "
+    "(lambda_cycle_*, lambda_identity), a larger history pool (pool_size), or more varied "
+    "data or augmentation.",
+    "content_inversion": "more identity weight (lambda_identity) or cycle weight, a lower "
+    "learning rate, or a new seed; ignore this if the two domains really are each other's "
+    "negative.",
+}
+
 _PAIRS = {"D_B": ("G_adversarial", "G", "B"), "D_A": ("F_adversarial", "F", "A")}
 
 
@@ -169,34 +190,13 @@ class HealthWatch:
     def _translations(self, step: int, measures: dict[str, float]) -> list[HealthWarning]:
         found = []
         for generator, domain, source in (("G", "B", "A"), ("F", "A", "B")):
-            diversity = measures.get(f"diversity_{domain}")
-            if self._confirm(f"collapse_{domain}", diversity, _COLLAPSED_DIVERSITY):
-                found.append(
-                    HealthWarning(
-                        "mode_collapse",
-                        step,
-                        f"Mode collapse: {generator}'s outputs vary {diversity:.0%} as much "
-                        f"as the real images of domain {domain} do; it makes nearly the "
-                        "same image whatever the input.",
-                        "a lower learning rate, more cycle or identity weight "
-                        "(lambda_cycle_*, lambda_identity), a larger history pool "
-                        "(pool_size), or more varied data or augmentation.",
+            for kind, measure, bound in _TRANSLATION_CHECKS:
+                value = measures.get(f"{measure}_{domain}")
+                if self._confirm(f"{kind}_{domain}", value, bound):
+                    problem = _TRANSLATION_PROBLEMS[kind].format(
+                        generator=generator, domain=domain, source=source, value=value
                     )
-                )
-            structure = measures.get(f"structure_{domain}")
-            if self._confirm(f"inversion_{domain}", structure, _INVERTED_STRUCTURE):
-                found.append(
-                    HealthWarning(
-                        "content_inversion",
-                        step,
-                        f"Content inversion: {generator}'s output is anti-correlated with "
-                        f"its input (correlation {structure:.2f}): what is bright in domain "
-                        f"{source} comes out dark.",
-                        "more identity weight (lambda_identity) or cycle weight, a lower "
-                        "learning rate, or a new seed; ignore this if the two domains "
-                        "really are each other's negative.",
-                    )
-                )
+                    found.append(HealthWarning(kind, step, problem, _TRANSLATION_ADVICE[kind]))
         return found
 
     def _confirm(self, key: str, value: float | None, bound: float) -> bool:
