@@ -65,3 +65,20 @@ def test_invalid_json_is_a_config_error():
 
 def test_total_steps_is_constant_plus_decay():
     assert TrainConfig(n_steps=30, n_steps_decay=20).total_steps == 50
+
+
+def test_every_setting_says_what_it_does_and_offers_its_choices_and_bounds():
+    from napari_cyclestyle import choices
+    from napari_cyclestyle.config import settings
+
+    for kind in (ModelConfig, TrainConfig):
+        for name, setting in settings(kind).items():
+            assert setting.help, name
+            assert setting.default == getattr(kind(), name)
+            if setting.bounds is not None:
+                low, high = setting.bounds
+                assert low <= setting.default <= high, name
+    assert settings(ModelConfig)["generator"].choices == choices.GENERATORS
+    assert settings(TrainConfig)["device"].choices == choices.DEVICES
+    with pytest.raises(ConfigError, match="choose one of lsgan, vanilla"):
+        TrainConfig(gan_mode="wgan")
