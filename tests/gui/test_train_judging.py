@@ -80,3 +80,21 @@ def test_domain_lists_leave_out_the_plugins_own_layers(viewer, train_widget):
     assert translated.name not in offered and "domain A (brightfield)" in offered
     train_widget.own_layers.value = True
     assert translated.name in [layer.name for layer in train_widget.layers_b.choices]
+
+
+def test_validation_layers_are_kept_out_and_validated_on(
+    viewer, train_widget, tiny_settings, wait_done, errors, sample_arrays, tmp_path
+):
+    held_a = viewer.add_image(sample_arrays[0][:1].copy(), name="held A")
+    held_b = viewer.add_image(sample_arrays[1][:1].copy(), name="held B", rgb=True)
+    tiny_settings(train_widget, tmp_path / "m.safetensors", n_steps=2)
+    train_widget.validation_layers_a.value = [viewer.layers["domain A (brightfield)"]]
+    train_widget.validation_layers_b.value = [held_b]
+    train_widget.start()
+    assert not train_widget.is_running and "both trained and validated" in errors[-1]
+
+    train_widget.validation_layers_a.value = [held_a]
+    train_widget.start()
+    wait_done(train_widget)
+    assert train_widget.loss_plot.validation_steps == [2]
+    assert train_widget.last_event.validation is not None

@@ -77,7 +77,7 @@ class TrainWidget(Container):
         self.last_event = None
         self._run: TrainingRun | None = None
         self._closed = False
-        self.previews = PreviewLayers(viewer, self.reset_choices, lambda: self._closed)
+        self.previews = PreviewLayers(viewer, self._refresh_choices, lambda: self._closed)
 
         # ---------------------------------------------------------------- domains
         self.own_layers = CheckBox(text="offer previews and translations too", value=False)
@@ -86,7 +86,14 @@ class TrainWidget(Container):
         self.folder_a = FileEdit(label="or folder A", mode="d", nullable=True, name="folder_a")
         self.layers_b = Select(label="domain B layers", choices=choices, name="layers_b")
         self.folder_b = FileEdit(label="or folder B", mode="d", nullable=True, name="folder_b")
-        for select in (self.layers_a, self.layers_b):
+        self.validation_layers_a = Select(label="validate on A", choices=choices)
+        self.validation_layers_b = Select(label="validate on B", choices=choices)
+        for select in (
+            self.layers_a,
+            self.layers_b,
+            self.validation_layers_a,
+            self.validation_layers_b,
+        ):
             select.native.setMaximumHeight(70)
         self.own_layers.changed.connect(self._on_layers_changed)
 
@@ -98,7 +105,9 @@ class TrainWidget(Container):
         self.advanced = self.fields.advanced
         self.remembered = RememberedFields("train", self.fields.remembered())
         self.reset_button = PushButton(text="reset to defaults")
-        self.advanced.append(self.reset_button)
+        self.advanced.extend(
+            [self.validation_layers_a, self.validation_layers_b, self.reset_button]
+        )
 
         # ---------------------------------------------------------------- controls
         self.start_button = PushButton(text="Start")
@@ -165,8 +174,14 @@ class TrainWidget(Container):
     def _on_layers_changed(self, _event=None) -> None:
         if self._closed:
             return
-        self.reset_choices()
+        self._refresh_choices()
         self._select_sample_layers()
+
+    def _refresh_choices(self) -> None:
+        """Offer the current layers in every list (the advanced fold's too, which is
+        not one of this container's widgets)."""
+        self.reset_choices()
+        self.advanced.reset_choices()
 
     def _select_sample_layers(self) -> None:
         """Preselect the sample data's two layers when nothing is chosen yet."""
@@ -197,6 +212,26 @@ class TrainWidget(Container):
             raise ValueError(f"Choose one or more image layers or a folder for domain {name}.")
         return images
 
+    def _validation_images(self, layers_a, layers_b) -> dict:
+        """The chosen validation layers' images (none, or both domains'), which must not
+        also be training layers."""
+        held = {"A": self.validation_layers_a.value, "B": self.validation_layers_b.value}
+        if not held["A"] and not held["B"]:
+            return {}
+        if not held["A"] or not held["B"]:
+            raise ValueError("Choose validation layers for both domains (or for neither).")
+        overlap = {layer.name for layer in (*held["A"], *held["B"])}
+        overlap &= {layer.name for layer in (*layers_a, *layers_b)}
+        if overlap:
+            raise ValueError(
+                f"{', '.join(sorted(overlap))}: a layer cannot be both trained and "
+                "validated on; choose other validation layers."
+            )
+        return {
+            f"validation_{name.lower()}": [image_data(layer) for layer in layers]
+            for name, layers in held.items()
+        }
+
     # ------------------------------------------------------------------ actions
     @property
     def is_running(self) -> bool:
@@ -215,6 +250,10 @@ class TrainWidget(Container):
             )
             domain_b = self._domain(
                 "B", self.layers_b.value if layers_b is None else layers_b, self.folder_b.value
+            )
+            validation = self._validation_images(
+                self.layers_a.value if layers_a is None else layers_a,
+                self.layers_b.value if layers_b is None else layers_b,
             )
             config = self.config()
             output = self.output.value
@@ -246,6 +285,7 @@ class TrainWidget(Container):
             resume,
             self.channel_axis_a.value,
             self.channel_axis_b.value,
+            validation,
         )
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
