@@ -48,7 +48,9 @@ def test_validation_values_appear_in_events_and_the_model_provenance(tmp_path, g
     measured = [event.step for event in events if event.validation is not None]
     assert measured == [4, 6]  # every 4 steps and at the end
     assert set(events[-1].validation) == MEASURES
-    validation = load_model(output).info["validation"]
+    model = load_model(output)
+    assert "best validation: cycle " in model.describe()
+    validation = model.info["validation"]
     assert validation["last"]["step"] == 6
     assert validation["last"]["cycle_A"] == pytest.approx(events[-1].validation["cycle_A"])
     assert validation["best"]["metric"] == "cycle" and validation["best"]["step"] in (4, 6)
