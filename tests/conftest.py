@@ -90,6 +90,21 @@ def train_straight_and_resumed(tmp_path, domains, config: Config, stop_at: int =
     return straight, resumed
 
 
+def network_weights(trainer) -> dict[str, torch.Tensor]:
+    """Copies of the four networks' weights, keyed ``<network>.<key>``."""
+    n = trainer.networks
+    return {
+        f"{name}.{key}": value.clone()
+        for name, network in (
+            ("G", n.generator_ab),
+            ("F", n.generator_ba),
+            ("D_A", n.discriminator_a),
+            ("D_B", n.discriminator_b),
+        )
+        for key, value in network.state_dict().items()
+    }
+
+
 @pytest.fixture
 def make_napari_viewer(make_napari_viewer):
     """napari's fixture, with the widgets' triton guard set once a viewer exists.

@@ -116,6 +116,43 @@ def test_train_merges_config_file_and_flags_and_saves_a_loadable_model(trained):
     assert iio.imread(trained.parent / "previews" / previews[0]).shape == (68, 68, 3)
 
 
+def test_train_validates_on_held_out_folders_and_keeps_the_best_model(domains, tmp_path, capsys):
+    held_a, held_b = write_domain(tmp_path / "va", 2, 1), write_domain(tmp_path / "vb", 3, 1)
+    model = tmp_path / "model.safetensors"
+    argv = ["train", "--domain-a", str(domains[0]), "--domain-b", str(domains[1]), *TINY]
+    argv += ["--steps", "2", "--decay-steps", "2", "--output", str(model)]
+    argv += ["--validation-a", str(held_a), "--validation-b", str(held_b)]
+    argv += ["--validation-every", "2", "--best-metric", "realism"]
+    assert main(argv) == EXIT_OK
+    lines = [line for line in capsys.readouterr().err.splitlines() if "Validation" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "Validation at step 2",
+        "Validation at step 4",
+    ]
+    assert "cycle_A" in lines[0] and "best so far" in lines[0]
+    assert load_model(model).info["validation"]["best"]["metric"] == "realism"
+    assert load_model(tmp_path / "model.best.safetensors").info["steps"] in (2, 4)
+
+
+def test_health_warnings_are_lines_with_advice(tmp_path):
+    import io
+
+    from napari_cyclestyle.cli.train import run_training
+    from napari_cyclestyle.trainer import Trainer
+
+    from .conftest import tiny_config
+
+    images = np.random.default_rng(0).integers(0, 255, (2, 40, 40), dtype=np.uint8)
+    config = tiny_config(validation_every=2)
+    trainer = Trainer(images, images, config, output=tmp_path / "m.safetensors")
+    trainer.networks.generator_ab.forward = lambda batch: -batch  # an inverted G
+    stream = io.StringIO()
+    run_training(trainer, stream=stream)
+    warnings = [line for line in stream.getvalue().splitlines() if line.startswith("Warning")]
+    assert len(warnings) == 1 and "Content inversion" in warnings[0]
+    assert "Try: more identity weight" in warnings[0]
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_saves_a_loadable_model_and_resume_continues(
     domains, tmp_path, capsys, stop_signal

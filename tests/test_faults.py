@@ -20,9 +20,8 @@ from napari_cyclestyle.checkpoint import TrainingCheckpoint
 from napari_cyclestyle.model_file import load_model, save_model
 from napari_cyclestyle.trainer import Trainer
 
-from .conftest import tiny_config
+from .conftest import network_weights, tiny_config
 from .test_model_file import _model
-from .test_trainer import _weights
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL")
 
@@ -221,7 +220,7 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_p
 
     straight = Trainer(*gray_domains, config, output=tmp_path / "straight.safetensors")
     list(straight.run())
-    expected, actual = _weights(straight), _weights(resumed)
+    expected, actual = network_weights(straight), network_weights(resumed)
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key

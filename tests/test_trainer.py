@@ -24,6 +24,7 @@ from .conftest import (
     DEVICES,
     assert_trained_alike,
     needs_cuda,
+    network_weights,
     tiny_config,
     train_straight_and_resumed,
 )
@@ -95,20 +96,6 @@ def test_checkpoints_are_written_every_n_steps(tmp_path, gray_domains):
     assert [e.step for e in events if e.checkpoint] == [2, 4, 5]
 
 
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    n = trainer.networks
-    return {
-        f"{name}.{key}": value.clone()
-        for name, network in (
-            ("G", n.generator_ab),
-            ("F", n.generator_ba),
-            ("D_A", n.discriminator_a),
-            ("D_B", n.discriminator_b),
-        )
-        for key, value in network.state_dict().items()
-    }
-
-
 @pytest.mark.numerics
 @pytest.mark.parametrize(
     ("device", "precision", "channels_last"),
@@ -132,7 +119,7 @@ def test_resume_continues_exactly(tmp_path, gray_domains, device, precision, cha
     config.model.dropout = True  # dropout draws from torch's RNG: its state must resume too
     straight, resumed = train_straight_and_resumed(tmp_path, gray_domains, config)
 
-    expected, actual = _weights(straight), _weights(resumed)
+    expected, actual = network_weights(straight), network_weights(resumed)
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
@@ -178,7 +165,7 @@ def _train_weights(
     config = tiny_config(n_steps=steps, n_steps_decay=0, batch_size=2, **settings)
     trainer = Trainer(*domains, config, output=tmp_path / f"{name}.safetensors")
     list(trainer.run())
-    return _weights(trainer)
+    return network_weights(trainer)
 
 
 @pytest.mark.numerics

@@ -27,6 +27,7 @@ _EXPORTS = {
     "TrainingDiverged": "trainer",
     "TrainingOutOfMemory": "trainer",
     "train": "trainer",
+    "HealthWarning": "health",
     "CycleStyleModel": "model",
     "load_model": "model_file",
     "save_model": "model_file",
@@ -51,6 +52,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingOutOfMemory",
     "train",
+    "HealthWarning",
     "CycleStyleModel",
     "load_model",
     "save_model",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .devices import resolve_device
     from .errors import CycleStyleError
     from .exporting import ExportError, export
+    from .health import HealthWarning
     from .inference import TranslationOutOfMemory, translate
     from .model import CycleStyleModel
     from .model_file import ModelFileError, load_model, save_model

@@ -80,6 +80,9 @@ class TrainingCheckpoint:
         torch's CUDA random states (empty without CUDA).
     last_losses : dict
         The losses last read back.
+    validation : dict
+        The last and the best validation values (empty without validation; older
+        checkpoints have none).
     version : str
         The package version that wrote it.
     """
@@ -94,6 +97,7 @@ class TrainingCheckpoint:
     torch_rng: torch.Tensor
     cuda_rng: list = field(default_factory=list)
     last_losses: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, dict] = field(default_factory=dict)
     version: str = __version__
 
     # ------------------------------------------------------------------ the file
@@ -116,6 +120,7 @@ class TrainingCheckpoint:
             "grad_scaler": self.model["grad_scaler"],
             "last_losses": json.dumps(self.last_losses),
             **{key: self.model[key] for key in _OPTIONAL_ENTRIES if self.model.get(key)},
+            "validation": json.dumps(self.validation),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -171,7 +176,12 @@ class TrainingCheckpoint:
         try:
             data_streams = json.loads(state["data_streams"])
             last_losses = json.loads(state["last_losses"])
-            for name, value in (("data_streams", data_streams), ("last_losses", last_losses)):
+            validation = json.loads(state.get("validation", "{}"))
+            for name, value in (
+                ("data_streams", data_streams),
+                ("last_losses", last_losses),
+                ("validation", validation),
+            ):
                 if not isinstance(value, dict):
                     raise TypeError(f"{name} is a {type(value).__name__}, not a dict")
             if not isinstance(state["pools"], list) or not state["pools"]:
@@ -194,6 +204,7 @@ class TrainingCheckpoint:
                 torch_rng=state["torch_rng"],
                 cuda_rng=state["cuda_rng"],
                 last_losses=last_losses,
+                validation=validation,
                 version=state["version"],
             )
         except _ERRORS as error:

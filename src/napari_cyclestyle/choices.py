@@ -25,3 +25,6 @@ DIFF_AUGMENTS: tuple[str, ...] = ("color", "translation", "cutout")
 STATISTICS_MODES: tuple[str, ...] = ("exact", "estimate", "tile")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+# What ``best_metric`` may name (see the validation module): ``auto`` is ``ssim`` with
+# paired validation data, else ``cycle``.
+BEST_METRICS: tuple[str, ...] = ("auto", "cycle", "realism", "psnr", "ssim")

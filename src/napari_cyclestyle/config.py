@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .choices import (
+    BEST_METRICS,
     DEVICES,
     DIFF_AUGMENTS,
     DISCRIMINATORS,
@@ -254,6 +255,24 @@ class TrainConfig:
         ("": CUT's 0, 4, 8, 12, 16, those the encoder has).
     nce_patches : int
         Positions sampled per image and layer (CUT: 256).
+    validation_fraction : float
+        Fraction of each domain's image planes kept out of training to validate on
+        (0: none, unless validation images are given to the trainer).
+    validation_every : int
+        Measure the validation metrics every this many steps, and at the end (0: only
+        at the end).
+    validation_patches : int
+        Fixed patches per domain that validation measures on (chosen once).
+    keep_best : bool
+        With validation data, also write ``<name>.best.safetensors`` whenever
+        ``best_metric`` reaches its best value so far.
+    best_metric : str
+        ``auto`` (``ssim`` with paired validation data, else ``cycle``), ``cycle``
+        (lowest mean cycle error), ``realism`` (highest mean realism), ``psnr`` or
+        ``ssim`` (highest, paired data only).
+    health_watch : bool
+        Watch the losses and validation measures for a failing training and warn,
+        once per kind of failure, with advice.
     """
 
     n_steps: int = _setting(100, "steps at the initial learning rate", bounds=(1, 10_000_000))
@@ -334,6 +353,25 @@ class TrainConfig:
         "", "encoder layers PatchNCE reads, e.g. 0,4,8,12,16 (empty: CUT's choice)"
     )
     nce_patches: int = _setting(256, "positions PatchNCE samples per layer", bounds=(1, 4096))
+    # Validation, the best model and the health watch (issue 20).
+    validation_fraction: float = _setting(
+        0.0,
+        "keep this fraction of each domain's image planes out of training to validate on",
+        bounds=(0, 0.9),
+    )
+    validation_every: int = _setting(
+        100, "validate every N steps and at the end (0: at the end)", bounds=(0, 10_000_000)
+    )
+    validation_patches: int = _setting(8, "fixed validation patches per domain", bounds=(1, 1024))
+    keep_best: bool = _setting(
+        True, "with validation data, keep <stem>.best.safetensors at the best best_metric"
+    )
+    best_metric: str = _setting(
+        "auto",
+        "what the best model is best at: auto is ssim with paired validation data, else cycle",
+        choices=BEST_METRICS,
+    )
+    health_watch: bool = _setting(True, "warn, with advice, when training looks like failing")
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -344,16 +382,23 @@ class TrainConfig:
             "cudnn_benchmark",
             "compile",
             "channels_last",
+            "keep_best",
+            "health_watch",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        _check_positive("validation_fraction", self.validation_fraction, allow_zero=True)
+        if self.validation_fraction >= 1:
+            raise ConfigError(
+                f"validation_fraction must be below 1, got {self.validation_fraction!r}."
+            )
         for name in ("n_steps", "n_steps_decay", "pool_size", "seed"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name), allow_zero=True)
-        for name in ("checkpoint_every", "preview_every"):
+        for name in ("checkpoint_every", "preview_every", "validation_every"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name), allow_zero=True)
-        for name in ("batch_size", "crop_size", "log_every"):
+        for name in ("batch_size", "crop_size", "log_every", "validation_patches"):
             _check_int(name, getattr(self, name))
             _check_positive(name, getattr(self, name))
         if self.n_steps + self.n_steps_decay == 0:

@@ -414,8 +414,14 @@ class CycleGAN:
 
     def generators(self) -> tuple[nn.Module, nn.Module]:
         """Copies of ``G`` and ``F`` as they are now (the weight averages with
-        ``ema_decay``), on the CPU and in eval mode."""
-        copies = build_generators(self.config.model)
+        ``ema_decay``), on the CPU and in eval mode.
+
+        Building them draws no number from torch's random stream that training uses
+        (their initial weights are overwritten anyway), so saving a model mid-run, as
+        the best model is, leaves the training as it would have been.
+        """
+        with torch.random.fork_rng(devices=[]):
+            copies = build_generators(self.config.model)
         for copy, network in zip(copies, self.shown_generators(), strict=True):
             copy.load_state_dict(network.state_dict())
             copy.eval()

@@ -111,7 +111,12 @@ class Domain:
         items = list(_expand(images, name))
         if not items:
             raise ValueError(f"Domain {name} has no images.")
-        self.sources = [ImageSource(item, channel_axis) for item in items]
+        self._set_sources([ImageSource(item, channel_axis) for item in items], norm)
+
+    def _set_sources(self, sources: list[ImageSource], norm: IntensityNorm | str) -> None:
+        """Check that ``sources`` agree, weight them by size and fit (or keep) the norm."""
+        name = self.name
+        self.sources = sources
         first = self.sources[0]
         for source in self.sources[1:]:
             if source.layout.n_channels != first.layout.n_channels:
@@ -144,20 +149,67 @@ class Domain:
         """Draw ``batch_size`` normalised patches, float32 ``(B, C, crop, crop)``."""
         patches = np.empty((batch_size, self.n_channels, crop_size, crop_size), np.float32)
         for i in range(batch_size):
-            source = self.sources[rng.choice(len(self.sources), p=self._weights)]
-            y, x = source.layout.spatial_shape
-            plane = int(rng.integers(source.layout.n_planes))
-            top = int(rng.integers(max(y - crop_size, 0) + 1))
-            left = int(rng.integers(max(x - crop_size, 0) + 1))
-            raw = source.patch(plane, top, left, crop_size)
-            check_finite(raw, f"the images of domain {self.name}")
-            patch = self.norm.normalize(raw)
+            patch = self.read_patch(self.draw_position(rng, crop_size), crop_size)
             if augment:
                 patch = np.rot90(patch, int(rng.integers(4)), axes=(-2, -1))
                 if rng.integers(2):
                     patch = patch[..., ::-1]
             patches[i] = patch
         return patches
+
+    def draw_position(self, rng: np.random.Generator, crop_size: int) -> tuple[int, ...]:
+        """A random patch position ``(source, plane, top, left)``, uniform over pixels."""
+        index = int(rng.choice(len(self.sources), p=self._weights))
+        source = self.sources[index]
+        y, x = source.layout.spatial_shape
+        plane = int(rng.integers(source.layout.n_planes))
+        top = int(rng.integers(max(y - crop_size, 0) + 1))
+        left = int(rng.integers(max(x - crop_size, 0) + 1))
+        return index, plane, top, left
+
+    def read_patch(self, position: tuple[int, ...], crop_size: int) -> np.ndarray:
+        """The normalised float32 ``(C, crop, crop)`` patch at a :meth:`draw_position`."""
+        index, plane, top, left = position
+        raw = self.sources[index].patch(plane, top, left, crop_size)
+        check_finite(raw, f"the images of domain {self.name}")
+        return self.norm.normalize(raw)
+
+    def split(self, fraction: float) -> tuple[Domain, Domain]:
+        """Keep ``fraction`` of the image planes out: ``(training, held_out)`` domains.
+
+        The held-out planes are spread evenly over the domain (the same ones every
+        time); both parts keep this domain's normalisation.
+
+        Raises
+        ------
+        ValueError
+            If the domain has a single image plane, which cannot be split.
+        """
+        units = [(i, p) for i, s in enumerate(self.sources) for p in range(s.layout.n_planes)]
+        if len(units) < 2:
+            raise ValueError(
+                f"Domain {self.name} has a single image plane: it cannot keep a fraction "
+                "out for validation; give validation images instead."
+            )
+        count = min(max(1, round(fraction * len(units))), len(units) - 1)
+        chosen = np.linspace(0, len(units) - 1, count + 2)[1:-1].round().astype(int)
+        held = {units[i] for i in chosen}
+        parts: tuple[list[ImageSource], list[ImageSource]] = ([], [])
+        for index, source in enumerate(self.sources):
+            planes = range(source.layout.n_planes)
+            for part, keep in zip(parts, (False, True), strict=True):
+                kept = [p for p in planes if ((index, p) in held) == keep]
+                if len(kept) == len(planes):
+                    part.append(source)
+                elif kept:
+                    part.append(ImageSource(source.planes()[kept], channel_axis=1))
+        return tuple(self._with_sources(part) for part in parts)  # type: ignore[return-value]
+
+    def _with_sources(self, sources: list[ImageSource]) -> Domain:
+        domain = object.__new__(Domain)
+        domain.name = self.name
+        domain._set_sources(sources, self.norm)
+        return domain
 
 
 def _expand(images, name: str) -> Iterable:

@@ -151,6 +151,13 @@ class CycleStyleModel:
         if self.info.get("losses"):
             losses = ", ".join(f"{k} {v:.3g}" for k, v in self.info["losses"].items())
             lines.append(f"final losses: {losses}")
+        best = (self.info.get("validation") or {}).get("best")
+        # info comes from a file: describe it only when it has the expected form
+        if isinstance(best, dict) and isinstance(best.get("value"), int | float):
+            lines.append(
+                f"best validation: {best.get('metric')} {best['value']:.3g} at step "
+                f"{best.get('step')}"
+            )
         if "source" in self.info:
             lines.append(f"source: {self.info['source']}")
         if "version" in self.info:

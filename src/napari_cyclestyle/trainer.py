@@ -12,6 +12,7 @@ The loop only: sampling, the learning-rate schedule, events, stop and resume, gu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -30,13 +31,18 @@ from .cyclegan import LOSS_NAMES, CycleGAN
 from .data import Domain, PatchStreams
 from .devices import is_out_of_memory
 from .errors import CycleStyleError, OutOfMemory
+from .health import HealthWarning, HealthWatch
 from .intensity import IntensityNorm
 from .model import CycleStyleModel
 from .model_file import CHECKPOINT_SUFFIX, MODEL_SUFFIX, ModelFileError, save_model
 from .networks import size_multiple
+from .validation import HIGHER_IS_BETTER, ValidationSet, measure, resolve_metric, score
+
+BEST_SUFFIX = ".best" + MODEL_SUFFIX
 
 __all__ = [
     "LOSS_NAMES",
+    "HealthWarning",
     "TrainEvent",
     "Trainer",
     "TrainingDiverged",
@@ -107,6 +113,13 @@ class TrainEvent:
         True on the last event of the run (completed or stopped).
     model_path : Path or None
         On the last event: the model file written.
+    validation : dict or None
+        Every ``validation_every`` steps and at the end, when there is held-out data:
+        :func:`napari_cyclestyle.validation.measure`'s values on it.
+    best_model_path : Path or None
+        The best model file, when this step's validation made it the best so far.
+    warnings : list of HealthWarning
+        The health watch's warnings new at this step (each kind comes once a run).
     """
 
     step: int
@@ -120,6 +133,9 @@ class TrainEvent:
     checkpoint: Path | None = None
     finished: bool = False
     model_path: Path | None = None
+    validation: dict[str, float] | None = None
+    best_model_path: Path | None = None
+    warnings: list[HealthWarning] = dataclasses.field(default_factory=list)
 
 
 class Trainer:
@@ -140,12 +156,23 @@ class Trainer:
         settings too, unless ``config`` is given (e.g. to extend the run).
     channel_axis_a, channel_axis_b : int, optional
         Channel axes of the domains' images when not inferable.
+    validation_a, validation_b : Domain, array, path or sequence, optional
+        Images to validate on, kept out of training; a domain without them keeps
+        ``validation_fraction`` of its images out instead (when above 0).
+    validation_truth_b : Domain, array, path or sequence, optional
+        The true B image of each ``validation_a`` image (paired validation data): adds
+        PSNR and SSIM to the validation values.
 
     Attributes
     ----------
     cyclegan : CycleGAN
         The networks, optimisers, losses and pools; :meth:`CycleGAN.training_step` is
         the step the loop runs.
+    validation_set : ValidationSet or None
+        The fixed validation patches (held out, or without held-out data fixed training
+        patches for the health watch alone); None when neither is needed.
+    best_path : Path
+        Where the best model goes (``<stem>.best.safetensors``).
 
     Raises
     ------
@@ -162,6 +189,9 @@ class Trainer:
         resume: str | Path | None = None,
         channel_axis_a: int | None = None,
         channel_axis_b: int | None = None,
+        validation_a=None,
+        validation_b=None,
+        validation_truth_b=None,
     ):
         self._resume_path = resume
         checkpoint = TrainingCheckpoint.load(resume) if resume is not None else None
@@ -173,6 +203,11 @@ class Trainer:
             Path(output) if output is not None else Path("cyclestyle-model" + MODEL_SUFFIX)
         )
         self.checkpoint_path = self.output.with_name(self.output.stem + CHECKPOINT_SUFFIX)
+        self.best_path = self.output.with_name(self.output.stem + BEST_SUFFIX)
+        self._held_out = self._hold_out(
+            (validation_a, validation_b, validation_truth_b), (channel_axis_a, channel_axis_b)
+        )
+        self.best_metric = resolve_metric(config.train.best_metric, self._held_out[2] is not None)
         self.context, self.device = distributed.setup(config.train.device)
         if config.train.batch_size % self.context.world_size:
             raise ValueError(
@@ -182,6 +217,9 @@ class Trainer:
         self._stop_requested = False
         self.step = 0
         self.last_losses: dict[str, float] = {}
+        # Provenance of validation: {"last": {...}, "best": {...}} (each with its step).
+        self.validation_record: dict[str, dict[str, float]] = {}
+        self.health = HealthWatch(config.train.total_steps)
         self._model: tuple[int, CycleStyleModel] | None = None  # (updates, model)
         self._build(checkpoint)
 
@@ -196,6 +234,7 @@ class Trainer:
         networks = checkpoint.model["networks"] if checkpoint is not None else None
         self.cyclegan = CycleGAN(self.config, self.device, self.context, networks)
         self.patches = PatchStreams(self.domain_a, self.domain_b, train, self.context)
+        self.validation_set = self._validation_set()
         if checkpoint is not None:
             self._restore(checkpoint)
 
@@ -326,6 +365,11 @@ class Trainer:
         elapsed = self._active_seconds
         speed = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
         total = self.config.train.total_steps
+        measures = self._maybe_measure(last)
+        held_out = measures is not None and self.validation_set.held_out
+        best_model_path = self._record(measures) if held_out else None
+        watch = self.config.train.health_watch and self.is_main_process
+        health = self.health.observe(self.step, losses, measures) if watch else []
         model_path = None
         if last and self.step > start_step:
             model_path = self.save()
@@ -342,7 +386,87 @@ class Trainer:
             checkpoint=checkpoint,
             finished=last,
             model_path=model_path,
+            validation=measures if held_out else None,
+            best_model_path=best_model_path,
+            warnings=health,
         )
+
+    # ------------------------------------------------------------------ validation
+    def _hold_out(self, given, channel_axes) -> tuple[Domain | None, ...]:
+        """The held-out domains A and B and the paired truth of A (each may be None);
+        a domain without given images keeps ``validation_fraction`` of its own out."""
+        fraction = self.config.train.validation_fraction
+        held: list[Domain | None] = []
+        for slot, name in enumerate("AB"):
+            domain = (self.domain_a, self.domain_b)[slot]
+            if given[slot] is not None:
+                held.append(_as_domain(given[slot], name, channel_axes[slot], domain.norm))
+            elif fraction > 0:
+                training, held_out = domain.split(fraction)
+                setattr(self, f"domain_{name.lower()}", training)
+                held.append(held_out)
+            else:
+                held.append(None)
+        if (held[0] is None) != (held[1] is None):
+            missing = "B" if held[1] is None else "A"
+            raise ValueError(
+                f"Validation needs held-out images of both domains: give domain {missing}'s "
+                "too, or set validation_fraction to keep a fraction of each out."
+            )
+        truth = given[2]
+        if truth is not None and given[0] is None:
+            raise ValueError(
+                "validation_truth_b is the true B of each validation_a image: give "
+                "validation_a too."
+            )
+        if truth is not None:
+            truth = _as_domain(truth, "B", channel_axes[1], self.domain_b.norm)
+        return held[0], held[1], truth
+
+    def _validation_set(self) -> ValidationSet | None:
+        """Fixed patches of the held-out images; without them, of the training images
+        for the health watch alone; on helper ranks none (rank 0 measures)."""
+        train = self.config.train
+        held_a, held_b, truth_b = self._held_out
+        if not self.is_main_process or (held_a is None and not train.health_watch):
+            return None
+        held_out = held_a is not None
+        domains = (held_a, held_b) if held_out else (self.domain_a, self.domain_b)
+        return ValidationSet.build(
+            *domains, train.validation_patches, train.crop_size, train.seed, truth_b, held_out
+        )
+
+    def _maybe_measure(self, last: bool) -> dict[str, float] | None:
+        every = self.config.train.validation_every
+        if self.validation_set is None or not (last or (every and self.step % every == 0)):
+            return None
+        n = self.networks
+        return measure(  # the generators the model file holds (the averages with EMA)
+            *self.cyclegan.shown_generators(),
+            n.discriminator_a,
+            n.discriminator_b,
+            self.validation_set,
+            self.config.train.gan_mode,
+        )
+
+    def _record(self, measures: dict[str, float]) -> Path | None:
+        """Keep the last and the best validation values; write the best model when this
+        is it (and ``keep_best``). Returns the best model's path when written."""
+        entry = {"step": self.step, **measures}
+        self.validation_record["last"] = entry
+        value = score(measures, self.best_metric)
+        best = self.validation_record.get("best")
+        if not math.isfinite(value):
+            return None
+        if best is not None:
+            higher = HIGHER_IS_BETTER[self.best_metric]
+            if (value <= best["value"]) if higher else (value >= best["value"]):
+                return None
+        self.validation_record["best"] = {"metric": self.best_metric, "value": value, **entry}
+        if not self.config.train.keep_best:
+            return None
+        save_model(self.model, self.best_path)
+        return self.best_path
 
     # ------------------------------------------------------------------ outputs
     def preview(self) -> dict[str, np.ndarray]:
@@ -361,11 +485,14 @@ class Trainer:
         """The generators as they are now (copies in eval mode), with the domains'
         normalisations; built again only once training has moved on."""
         if self._model is None or self._model[0] != self.cyclegan.updates:
-            info = {"steps": self.step, "losses": self.last_losses, "version": __version__}
             norms = (self.domain_a.norm, self.domain_b.norm)
-            model = CycleStyleModel(self.config.model, *self.cyclegan.generators(), *norms, info)
+            model = CycleStyleModel(self.config.model, *self.cyclegan.generators(), *norms)
             self._model = (self.cyclegan.updates, model)
-        return self._model[1]
+        model = self._model[1]
+        model.info = {"steps": self.step, "losses": self.last_losses, "version": __version__}
+        if self.validation_record:
+            model.info["validation"] = copy.deepcopy(self.validation_record)
+        return model
 
     def save(self) -> Path:
         """Write the model file and a checkpoint; return the model file's path.
@@ -404,6 +531,7 @@ class Trainer:
                 torch_rng=torch.get_rng_state(),
                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 last_losses=self.last_losses,
+                validation=self.validation_record,
             ).save(path)
         distributed.barrier(self.context)
         return path
@@ -426,6 +554,7 @@ class Trainer:
             ) from error
         self.step = self.cyclegan.updates = checkpoint.step
         self.last_losses = checkpoint.last_losses
+        self.validation_record = checkpoint.validation
 
 
 def _settings(
@@ -463,6 +592,11 @@ def _settings(
             f"use a multiple of {multiple}."
         )
     return config, domain_a, domain_b
+
+
+def _as_domain(images, name: str, channel_axis: int | None, norm: IntensityNorm) -> Domain:
+    """Validation images as a domain normalised like the training domain's."""
+    return images if isinstance(images, Domain) else Domain(images, name, channel_axis, norm)
 
 
 def train(domain_a, domain_b, config: Config | None = None, **kwargs) -> Iterator[TrainEvent]:

@@ -68,6 +68,17 @@ def errors():
 
 
 @pytest.fixture(autouse=True)
+def settings_folder(tmp_path_factory):
+    """Qt's settings store in a fresh folder for each test: no test sees another's
+    remembered settings, nor the machine's."""
+    from qtpy.QtCore import QSettings
+
+    folder = tmp_path_factory.mktemp("settings")
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
 def _fresh_registry():
     from napari_cyclestyle._widgets import trained_models
 

@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from napari_cyclestyle._widgets import trained_models
 from napari_cyclestyle._widgets._previews import PREVIEW_NAMES
@@ -101,9 +102,13 @@ def test_losses_added_before_the_plot_canvas_exists_are_drawn_once_it_is(qtbot, 
 
     qtbot.waitUntil(lambda: plot.canvas is not None)
     assert plot.draw_count == 1
-    steps, values = plot.lines["G adv"].get_data()
+    steps, values = plot.raw_lines["G adv"].get_data()
     assert list(steps) == [1, 2] and list(values) == [0.5, 0.4]
-    assert list(plot.lines["identity"].get_ydata()) == [0.75, 0.0]
+    identity = plot.raw_lines["identity"].get_ydata()
+    assert identity[0] == 0.75 and np.isnan(identity[1])  # a loss not reported: no point
+    # the bold line is the moving average, its latest value in the legend
+    assert list(plot.lines["G adv"].get_ydata()) == pytest.approx([0.5, 0.49])
+    assert plot.lines["G adv"].get_label() == "G adv 0.49"
 
 
 def test_start_during_the_background_imports_waits_in_the_worker(

@@ -29,11 +29,26 @@ def image_data(layer: Layer):
     return layer.data[0] if layer.multiscale else layer.data
 
 
-def image_layers(viewer) -> list[tuple[str, Image]]:
-    """(name, layer) choices of the viewer's image layers, in layer-list order."""
+# The key of layer.metadata that marks the layers this plugin makes (previews of a
+# training run, translations).
+OWN_LAYER_KEY = "cyclestyle"
+
+
+def is_own_layer(layer: Layer) -> bool:
+    """Whether the plugin made ``layer`` (a training preview or a translation)."""
+    return OWN_LAYER_KEY in layer.metadata
+
+
+def image_layers(viewer, own: bool = True) -> list[tuple[str, Image]]:
+    """(name, layer) choices of the viewer's image layers, in layer-list order; without
+    the plugin's own layers (previews, translations) unless ``own``."""
     if viewer is None:
         return []
-    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+    return [
+        (layer.name, layer)
+        for layer in viewer.layers
+        if isinstance(layer, Image) and (own or not is_own_layer(layer))
+    ]
 
 
 def describe_device_choice(choice: str) -> str:

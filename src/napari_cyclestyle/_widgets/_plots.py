@@ -1,12 +1,19 @@
-"""A live plot of the training losses (matplotlib in Qt, redrawn only on new values)."""
+"""A live plot of the training: losses in three groups and the validation values.
+
+Four small panels (generators' adversarial losses, cycle and identity losses, the
+discriminators, validation), each loss an exponential moving average over its faint
+raw values, the latest value in the legend, and a log-scale toggle. Matplotlib in Qt,
+redrawn only on new values.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Slot
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QSizePolicy, QVBoxLayout, QWidget
 
 from ._startup import when_imported
 
@@ -16,29 +23,52 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-# Drawn as lines, in this order; identity losses are summed into one line.
-_CURVES = {
-    "G adv": ("G_adversarial",),
-    "F adv": ("F_adversarial",),
-    "cycle A": ("cycle_A",),
-    "cycle B": ("cycle_B",),
-    "identity": ("identity_A", "identity_B"),
-    "D_A": ("D_A",),
-    "D_B": ("D_B",),
+# Panel → curve → the loss names summed into it (identity: both directions). The
+# methods' terms (structure, PatchNCE, R1) are drawn only in runs that have them.
+LOSS_GROUPS = {
+    "generators (adversarial)": {"G adv": ("G_adversarial",), "F adv": ("F_adversarial",)},
+    "cycle and identity": {
+        "cycle A": ("cycle_A",),
+        "cycle B": ("cycle_B",),
+        "identity": ("identity_A", "identity_B"),
+        "structure": ("structure_A", "structure_B"),
+        "PatchNCE": ("NCE_A", "NCE_B"),
+    },
+    "discriminators": {"D_A": ("D_A",), "D_B": ("D_B",), "R1": ("R1_A", "R1_B")},
 }
+# The validation panel: curve → validation value (those of a run that has them).
+VALIDATION_CURVES = {
+    "val cycle A": "cycle_A",
+    "val cycle B": "cycle_B",
+    "realism A": "realism_A",
+    "realism B": "realism_B",
+    "SSIM B": "ssim_B",
+}
+_CURVES = {curve: keys for group in LOSS_GROUPS.values() for curve, keys in group.items()}
+# Weight of a new value in the moving average of a loss.
+SMOOTHING = 0.1
 
 
 class LossPlot(QWidget):
-    """Loss curves over training steps.
+    """Loss and validation curves over training steps.
 
-    :meth:`add` records values; the canvas is redrawn at most every
-    ``min_interval`` seconds (and always by :meth:`redraw`), so a fast training loop
-    cannot flood the GUI thread with drawing.
+    :meth:`add` and :meth:`add_validation` record values; the canvas is redrawn at most
+    every ``min_interval`` seconds (and always by :meth:`redraw`), so a fast training
+    loop cannot flood the GUI thread with drawing.
 
     Importing matplotlib takes about a second, so the canvas (``figure``, ``axes``,
-    ``lines``, ``canvas``; None or empty until then) is built once the widgets'
-    background imports have finished (see :func:`._startup.import_in_background`).
-    Values added before are kept and drawn then.
+    ``lines``, ``raw_lines``, ``canvas``; None or empty until then) is built once the
+    widgets' background imports have finished (see
+    :func:`._startup.import_in_background`). Values added before are kept and drawn then.
+
+    Attributes
+    ----------
+    steps, values, smoothed : list, dict
+        The steps with losses, each loss curve's raw values and their moving average.
+    validation_steps, validation : list, dict
+        The steps with validation values, and each validation curve's values.
+    log_scale : QCheckBox
+        Log-scaled value axes when checked.
     """
 
     def __init__(self, parent: QWidget | None = None, min_interval: float = 0.5):
@@ -46,18 +76,25 @@ class LossPlot(QWidget):
         self.min_interval = min_interval
         self.steps: list[int] = []
         self.values: dict[str, list[float]] = {name: [] for name in _CURVES}
+        self.smoothed: dict[str, list[float]] = {name: [] for name in _CURVES}
+        self.validation_steps: list[int] = []
+        self.validation: dict[str, list[float]] = {name: [] for name in VALIDATION_CURVES}
         self.draw_count = 0
         self._last_draw = 0.0
         self._dirty = False
         self.figure: Figure | None = None
-        self.axes: Axes | None = None
+        self.axes: dict[str, Axes] = {}
         self.lines: dict[str, Line2D] = {}
+        self.raw_lines: dict[str, Line2D] = {}
         self.canvas: FigureCanvasQTAgg | None = None
 
-        self.setMinimumHeight(180)  # the canvas's room, kept while it is not built
+        self.setMinimumHeight(300)  # the canvas's room, kept while it is not built
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        self.log_scale = QCheckBox("log scale")
+        self.log_scale.toggled.connect(self._set_scale)
+        layout.addWidget(self.log_scale)
         when_imported(self._build_canvas)
 
     @Slot()
@@ -66,35 +103,42 @@ class LossPlot(QWidget):
         from matplotlib.figure import Figure
 
         # a fixed layout: tight/constrained layout would redo text measuring every draw
-        self.figure = Figure(figsize=(4, 2.4))
-        self.figure.subplots_adjust(left=0.13, right=0.98, top=0.97, bottom=0.17)
+        self.figure = Figure(figsize=(4, 3.4))
+        self.figure.subplots_adjust(
+            left=0.1, right=0.98, top=0.93, bottom=0.1, hspace=0.45, wspace=0.25
+        )
         self.figure.patch.set_alpha(0.0)
-        self.axes = self.figure.add_subplot()
-        self._style_axes()
-        self.lines = {name: self.axes.plot([], [], label=name, lw=1)[0] for name in _CURVES}
-        self.axes.legend(fontsize=7, ncol=4, loc="upper right", framealpha=0.3)
+        panels = [*LOSS_GROUPS, "validation"]
+        for index, title in enumerate(panels):
+            axes = self.figure.add_subplot(2, 2, index + 1)
+            _style(axes, title)
+            self.axes[title] = axes
+        for title, curves in LOSS_GROUPS.items():
+            axes = self.axes[title]
+            for name in curves:
+                (line,) = axes.plot([], [], lw=1.2, label=name)
+                self.lines[name] = line
+                self.raw_lines[name] = axes.plot(
+                    [], [], lw=0.6, alpha=0.25, color=line.get_color()
+                )[0]
+        for name in VALIDATION_CURVES:
+            axes = self.axes["validation"]
+            self.lines[name] = axes.plot([], [], lw=1.2, marker="o", ms=2.5, label=name)[0]
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setStyleSheet("background-color: transparent;")
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.layout().addWidget(self.canvas)
+        self._apply_scale()
+        self._dirty = True
         self.redraw()  # the values added so far
-
-    def _style_axes(self) -> None:
-        axes = self.axes
-        axes.set_facecolor("none")
-        color = "#b0b0b0"
-        for spine in axes.spines.values():
-            spine.set_color(color)
-        axes.tick_params(colors=color, labelsize=7)
-        axes.set_xlabel("step", color=color, fontsize=8)
-        axes.set_ylabel("loss", color=color, fontsize=8)
-        axes.grid(alpha=0.2)
 
     def clear(self) -> None:
         """Forget all values (a new run starts)."""
         self.steps.clear()
-        for values in self.values.values():
-            values.clear()
+        self.validation_steps.clear()
+        for series in (self.values, self.smoothed, self.validation):
+            for values in series.values():
+                values.clear()
         self._dirty = True
         self.redraw()
 
@@ -102,21 +146,72 @@ class LossPlot(QWidget):
         """Record the losses of ``step``; redraw if the last draw is old enough."""
         self.steps.append(step)
         for name, keys in _CURVES.items():
-            self.values[name].append(sum(float(losses.get(key, 0.0)) for key in keys))
+            present = [float(losses[key]) for key in keys if key in losses]
+            value = sum(present) if present else math.nan  # NaN: not drawn
+            self.values[name].append(value)
+            smoothed = self.smoothed[name]
+            previous = smoothed[-1] if smoothed else math.nan
+            smoothed.append(
+                value if math.isnan(previous) else previous + SMOOTHING * (value - previous)
+            )
+        self._changed()
+
+    def add_validation(self, step: int, values: dict[str, float]) -> None:
+        """Record a step's validation values (see :data:`VALIDATION_CURVES`)."""
+        self.validation_steps.append(step)
+        for name, key in VALIDATION_CURVES.items():
+            self.validation[name].append(float(values.get(key, float("nan"))))
+        self._changed()
+
+    def _changed(self) -> None:
         self._dirty = True
         if time.perf_counter() - self._last_draw >= self.min_interval:
             self.redraw()
+
+    def _set_scale(self, _checked: bool = False) -> None:
+        self._apply_scale()
+        self._dirty = True
+        self.redraw()
+
+    def _apply_scale(self) -> None:
+        for axes in self.axes.values():
+            axes.set_yscale("log" if self.log_scale.isChecked() else "linear")
 
     def redraw(self) -> None:
         """Draw the recorded values now (no-op when nothing changed, or until the canvas
         is built: it draws them then)."""
         if not self._dirty or self.canvas is None:
             return
-        for name, line in self.lines.items():
-            line.set_data(self.steps, self.values[name])
-        self.axes.relim()
-        self.axes.autoscale_view()
+        for name in _CURVES:
+            self.raw_lines[name].set_data(self.steps, self.values[name])
+            self.lines[name].set_data(self.steps, self.smoothed[name])
+            self.lines[name].set_label(_latest(name, self.smoothed[name]))
+        for name in VALIDATION_CURVES:
+            self.lines[name].set_data(self.validation_steps, self.validation[name])
+            self.lines[name].set_label(_latest(name, self.validation[name]))
+        for axes in self.axes.values():
+            shown = [line for line in axes.get_lines() if line.get_label()[0] != "_"]
+            shown = [line for line in shown if any(v == v for v in line.get_ydata())]
+            if shown:
+                axes.legend(handles=shown, fontsize=6, loc="upper right", framealpha=0.3)
+            axes.relim()
+            axes.autoscale_view()
         self.canvas.draw_idle()
         self.draw_count += 1
         self._dirty = False
         self._last_draw = time.perf_counter()
+
+
+def _latest(name: str, values: list[float]) -> str:
+    """A legend entry: the curve's name and its latest value."""
+    return f"{name} {values[-1]:.3g}" if values else name
+
+
+def _style(axes: Axes, title: str) -> None:
+    axes.set_facecolor("none")
+    color = "#b0b0b0"
+    for spine in axes.spines.values():
+        spine.set_color(color)
+    axes.tick_params(colors=color, labelsize=6)
+    axes.set_title(title, color=color, fontsize=7, pad=2)
+    axes.grid(alpha=0.2)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import numpy as np
 from qtpy.QtCore import QTimer
 
+from ._common import OWN_LAYER_KEY
+
 PREVIEW_NAMES = {"G": "preview: a | G(a)", "F": "preview: b | F(b)"}
 
 
@@ -54,7 +56,11 @@ class PreviewLayers:
                     continue
                 self.viewer.layers.remove(layer)
             layer = self.viewer.add_image(
-                image, name=PREVIEW_NAMES[key], rgb=rgb, translate=self._origin(key, crop_size)
+                image,
+                name=PREVIEW_NAMES[key],
+                rgb=rgb,
+                translate=self._origin(key, crop_size),
+                metadata={OWN_LAYER_KEY: {"preview": key}},
             )
             self.layers[key] = layer
             self.added.append(layer)

@@ -57,6 +57,12 @@ def _number(section: type, setting: str, label: str, **options) -> SpinBox | Flo
     return kind(label=label, min=low, max=high, value=value, **options)
 
 
+def _flag(section: type, setting: str, text: str) -> CheckBox:
+    """A check box for a true/false setting."""
+    _, value = _initial(section, setting)
+    return CheckBox(text=text, value=value)
+
+
 def _choice(section: type, setting: str, label: str, **options) -> ComboBox:
     """A combo box offering a setting's choices."""
     facts, value = _initial(section, setting)
@@ -122,6 +128,21 @@ class TrainingFields:
             self.lambda_nce,
             self.nce_patches,
         ]
+        # Validation, the best model and the health watch (issue 20).
+        self.validation_fraction = _number(
+            TrainConfig, "validation_fraction", "validation fraction", step=0.05
+        )
+        self.validation_every = _number(TrainConfig, "validation_every", "validate every")
+        self.keep_best = _flag(TrainConfig, "keep_best", "keep the best model")
+        self.best_metric = _choice(TrainConfig, "best_metric", "best model by")
+        self.health_watch = _flag(TrainConfig, "health_watch", "health watch (warnings)")
+        validation = [
+            self.validation_fraction,
+            self.validation_every,
+            self.keep_best,
+            self.best_metric,
+            self.health_watch,
+        ]
         self.advanced = Container(
             labels=True,
             widgets=[
@@ -141,6 +162,7 @@ class TrainingFields:
                 self.channel_axis_b,
                 self.resume,
                 *methods,
+                *validation,
             ],
         )
         self.main = [
@@ -193,5 +215,16 @@ class TrainingFields:
                 diff_augment=str(self.diff_augment.value).strip(),
                 lambda_nce=float(self.lambda_nce.value),
                 nce_patches=int(self.nce_patches.value),
+                validation_fraction=float(self.validation_fraction.value),
+                validation_every=int(self.validation_every.value),
+                keep_best=bool(self.keep_best.value),
+                best_metric=self.best_metric.value,
+                health_watch=bool(self.health_watch.value),
             ),
         )
+
+    def remembered(self) -> dict:
+        """The fields whose values a new session starts from (all settings but the
+        checkpoint to resume, which is for one run), by name."""
+        skipped = ("main", "advanced", "device_info", "resume")
+        return {name: field for name, field in vars(self).items() if name not in skipped}

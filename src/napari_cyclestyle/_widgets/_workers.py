@@ -65,8 +65,19 @@ class TrainingRun:
 
 
 @thread_worker(ignore_errors=True)
-def training_worker(run: TrainingRun, domain_a, domain_b, config, output, resume, axis_a, axis_b):
-    """Build the trainer and yield its events; errors come out as :class:`Failure`."""
+def training_worker(
+    run: TrainingRun,
+    domain_a,
+    domain_b,
+    config,
+    output,
+    resume,
+    axis_a,
+    axis_b,
+    validation: dict | None = None,
+):
+    """Build the trainer and yield its events; errors come out as :class:`Failure`.
+    ``validation`` holds the trainer's ``validation_a``/``validation_b`` images, if any."""
 
     def steps():
         wait_for_imports()
@@ -80,6 +91,7 @@ def training_worker(run: TrainingRun, domain_a, domain_b, config, output, resume
             resume=resume,
             channel_axis_a=axis_a,
             channel_axis_b=axis_b,
+            **(validation or {}),
         )
         run.trainer = trainer
         if run.stop_requested.is_set():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import (
+    CheckBox,
     Container,
     FileEdit,
     Label,
@@ -26,7 +27,7 @@ from magicgui.widgets import (
     PushButton,
     Select,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from superqt import QCollapsible
 
@@ -41,6 +42,7 @@ from ._common import (
 from ._plots import LossPlot
 from ._previews import PreviewLayers
 from ._registry import trained_models
+from ._remembered import RememberedFields
 from ._startup import avoid_llvm_clash, import_in_background
 from ._train_fields import TrainingFields
 from ._workers import Failure, TrainingRun, training_worker
@@ -75,16 +77,25 @@ class TrainWidget(Container):
         self.last_event = None
         self._run: TrainingRun | None = None
         self._closed = False
-        self.previews = PreviewLayers(viewer, self.reset_choices, lambda: self._closed)
+        self.previews = PreviewLayers(viewer, self._refresh_choices, lambda: self._closed)
 
         # ---------------------------------------------------------------- domains
+        self.own_layers = CheckBox(text="offer previews and translations too", value=False)
         choices = self._image_choices
         self.layers_a = Select(label="domain A layers", choices=choices, name="layers_a")
         self.folder_a = FileEdit(label="or folder A", mode="d", nullable=True, name="folder_a")
         self.layers_b = Select(label="domain B layers", choices=choices, name="layers_b")
         self.folder_b = FileEdit(label="or folder B", mode="d", nullable=True, name="folder_b")
-        for select in (self.layers_a, self.layers_b):
+        self.validation_layers_a = Select(label="validate on A", choices=choices)
+        self.validation_layers_b = Select(label="validate on B", choices=choices)
+        for select in (
+            self.layers_a,
+            self.layers_b,
+            self.validation_layers_a,
+            self.validation_layers_b,
+        ):
             select.native.setMaximumHeight(70)
+        self.own_layers.changed.connect(self._on_layers_changed)
 
         # ---------------------------------------------------------------- settings
         self.fields = TrainingFields()
@@ -92,6 +103,11 @@ class TrainWidget(Container):
             if name not in ("main", "advanced"):
                 setattr(self, name, widget)
         self.advanced = self.fields.advanced
+        self.remembered = RememberedFields("train", self.fields.remembered())
+        self.reset_button = PushButton(text="reset to defaults")
+        self.advanced.extend(
+            [self.validation_layers_a, self.validation_layers_b, self.reset_button]
+        )
 
         # ---------------------------------------------------------------- controls
         self.start_button = PushButton(text="Start")
@@ -105,6 +121,8 @@ class TrainWidget(Container):
         self.buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="", value="ready")
+        self.health = Label(label="", value="")
+        self.health.native.setWordWrap(True)
 
         self.extend(
             [
@@ -112,6 +130,7 @@ class TrainWidget(Container):
                 self.folder_a,
                 self.layers_b,
                 self.folder_b,
+                self.own_layers,
                 *self.fields.main,
             ]
         )
@@ -119,7 +138,7 @@ class TrainWidget(Container):
         fold.addWidget(self.advanced.native)
         self.native.layout().addWidget(fold)
         self.advanced_fold = fold
-        self.extend([self.buttons, self.progress, self.status])
+        self.extend([self.buttons, self.progress, self.status, self.health])
         import_in_background()  # before the loss plot, which waits for matplotlib
         self.loss_plot = LossPlot()
         self.native.layout().addWidget(self.loss_plot)
@@ -127,6 +146,7 @@ class TrainWidget(Container):
         self.start_button.changed.connect(self.start)
         self.pause_button.changed.connect(self.pause)
         self.stop_button.changed.connect(self.stop)
+        self.reset_button.changed.connect(self.remembered.reset)
         self.device.changed.connect(self._show_device)
         self._show_device()
         events = viewer.layers.events
@@ -142,16 +162,26 @@ class TrainWidget(Container):
         return self.previews.layers
 
     def _image_choices(self, _widget=None):
+        """The image layers to offer as domains: without the plugin's own previews and
+        translations unless asked for, never this run's previews."""
         previews = list(self.previews.layers.values())
         return [
-            (name, layer) for name, layer in image_layers(self.viewer) if layer not in previews
+            (name, layer)
+            for name, layer in image_layers(self.viewer, own=bool(self.own_layers.value))
+            if layer not in previews
         ]
 
     def _on_layers_changed(self, _event=None) -> None:
         if self._closed:
             return
-        self.reset_choices()
+        self._refresh_choices()
         self._select_sample_layers()
+
+    def _refresh_choices(self) -> None:
+        """Offer the current layers in every list (the advanced fold's too, which is
+        not one of this container's widgets)."""
+        self.reset_choices()
+        self.advanced.reset_choices()
 
     def _select_sample_layers(self) -> None:
         """Preselect the sample data's two layers when nothing is chosen yet."""
@@ -182,6 +212,26 @@ class TrainWidget(Container):
             raise ValueError(f"Choose one or more image layers or a folder for domain {name}.")
         return images
 
+    def _validation_images(self, layers_a, layers_b) -> dict:
+        """The chosen validation layers' images (none, or both domains'), which must not
+        also be training layers."""
+        held = {"A": self.validation_layers_a.value, "B": self.validation_layers_b.value}
+        if not held["A"] and not held["B"]:
+            return {}
+        if not held["A"] or not held["B"]:
+            raise ValueError("Choose validation layers for both domains (or for neither).")
+        overlap = {layer.name for layer in (*held["A"], *held["B"])}
+        overlap &= {layer.name for layer in (*layers_a, *layers_b)}
+        if overlap:
+            raise ValueError(
+                f"{', '.join(sorted(overlap))}: a layer cannot be both trained and "
+                "validated on; choose other validation layers."
+            )
+        return {
+            f"validation_{name.lower()}": [image_data(layer) for layer in layers]
+            for name, layers in held.items()
+        }
+
     # ------------------------------------------------------------------ actions
     @property
     def is_running(self) -> bool:
@@ -201,6 +251,10 @@ class TrainWidget(Container):
             domain_b = self._domain(
                 "B", self.layers_b.value if layers_b is None else layers_b, self.folder_b.value
             )
+            validation = self._validation_images(
+                self.layers_a.value if layers_a is None else layers_a,
+                self.layers_b.value if layers_b is None else layers_b,
+            )
             config = self.config()
             output = self.output.value
             if output is None or not str(output).strip() or Path(output).is_dir():
@@ -218,6 +272,7 @@ class TrainWidget(Container):
         self.model_path = None
         self.last_event = None
         self.loss_plot.clear()
+        self.health.value = ""
         self.progress.max = config.train.total_steps
         self.progress.value = 0
         self.status.value = "preparing the data and networks…"
@@ -230,6 +285,7 @@ class TrainWidget(Container):
             resume,
             self.channel_axis_a.value,
             self.channel_axis_b.value,
+            validation,
         )
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
@@ -290,11 +346,21 @@ class TrainWidget(Container):
         )
         if event.losses:
             self.loss_plot.add(event.step, event.losses)
+        if event.validation:
+            self.loss_plot.add_validation(event.step, event.validation)
+        for warning in event.warnings:
+            self._warn(warning)
         if event.preview:
             self.previews.show(event.preview, int(self.crop_size.value))
         if event.finished:
             self.loss_plot.redraw()
             self._finish(event)
+
+    def _warn(self, warning) -> None:
+        """A health warning: a notification, and a line kept under the status."""
+        show_warning(f"Training health: {warning}")
+        lines = [line for line in self.health.value.split("\n") if line]
+        self.health.value = "\n".join([*lines, f"⚠ {warning}"])
 
     def _finish(self, event) -> None:
         run = self._run

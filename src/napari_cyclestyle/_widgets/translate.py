@@ -28,6 +28,7 @@ from psygnal import Signal
 from ..choices import DEVICES
 from ..layout import infer_layout
 from ._common import (
+    OWN_LAYER_KEY,
     StopOnClose,
     describe_device_choice,
     image_data,
@@ -381,7 +382,7 @@ class TranslateWidget(Container):
         generator = "G" if direction == "AtoB" else "F"
         arrow = "A→B" if direction == "AtoB" else "B→A"
         metadata = {
-            "cyclestyle": {
+            OWN_LAYER_KEY: {
                 "model": job["source"],
                 "direction": direction,
                 "generator": generator,

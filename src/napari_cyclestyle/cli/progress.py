@@ -84,3 +84,12 @@ def format_train_event(event, losses: dict[str, float]) -> str:
     if losses:
         text += " | " + " ".join(f"{name} {value:.3g}" for name, value in losses.items())
     return text
+
+
+def format_validation(event) -> str:
+    """The validation line of an event: its values, and the best model when written."""
+    values = ", ".join(f"{name} {value:.3g}" for name, value in event.validation.items())
+    text = f"Validation at step {event.step}: {values}"
+    if event.best_model_path is not None:
+        text += f" (best so far: saved {event.best_model_path})"
+    return text

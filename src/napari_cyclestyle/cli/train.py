@@ -25,7 +25,7 @@ from .common import (
     UsageError,
     add_threads_argument,
 )
-from .progress import ProgressLine, format_train_event
+from .progress import ProgressLine, format_train_event, format_validation
 
 # Each flag: the setting(s) it sets, and what argparse needs beyond the setting's own
 # help and choices (config.py owns those).
@@ -78,6 +78,17 @@ _TRAIN_FLAGS = {
 }
 
 
+# Held-out validation, the best model and the health watch (issue 20).
+_VALIDATION_FLAGS = {
+    "--validation-fraction": ("validation_fraction", {"type": float, "metavar": "FRACTION"}),
+    "--validation-every": ("validation_every", {"type": int, "metavar": "N"}),
+    "--validation-patches": ("validation_patches", {"type": int, "metavar": "N"}),
+    "--keep-best": ("keep_best", {"action": argparse.BooleanOptionalAction}),
+    "--best-metric": ("best_metric", {}),
+    "--health-watch": ("health_watch", {"action": argparse.BooleanOptionalAction}),
+}
+
+
 def _flag_dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
@@ -123,6 +134,12 @@ def add_parser(subparsers) -> None:
             help=f"channel axis of the domain {name.upper()} images when not inferable "
             "(default: an RGB(A) last axis, else one channel)",
         )
+    for name, what in (
+        ("a", "domain A images to validate on, kept out of training"),
+        ("b", "domain B images to validate on, kept out of training"),
+        ("truth-b", "the true B image of each --validation-a image (paired: adds PSNR, SSIM)"),
+    ):
+        data.add_argument(f"--validation-{name}", nargs="+", metavar="PATH", help=what)
     files = parser.add_argument_group("files")
     files.add_argument(
         "--output",
@@ -152,6 +169,7 @@ def add_parser(subparsers) -> None:
     for title, section, flags in (
         ("model (fixed by the checkpoint with --resume)", ModelConfig, _MODEL_FLAGS),
         ("training", TrainConfig, _TRAIN_FLAGS),
+        ("validation and health", TrainConfig, _VALIDATION_FLAGS),
     ):
         group = parser.add_argument_group(title)
         for flag, (setting, keywords) in flags.items():
@@ -193,6 +211,7 @@ def _train_config(args: argparse.Namespace, checkpoint_config: Config | None) ->
             )
     settings["model"].update(model_overrides)
     settings["train"].update(_overrides(args, _TRAIN_FLAGS))
+    settings["train"].update(_overrides(args, _VALIDATION_FLAGS))
     if args.preview_dir is None:
         settings["train"]["preview_every"] = 0  # nobody would see the previews
     return Config.from_dict(settings)
@@ -230,6 +249,9 @@ def _run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         channel_axis_a=args.channel_axis_a,
         channel_axis_b=args.channel_axis_b,
+        validation_a=args.validation_a,
+        validation_b=args.validation_b,
+        validation_truth_b=args.validation_truth_b,
     )
     preview_dir = Path(args.preview_dir) if args.preview_dir is not None else None
     stopped = run_training(trainer, preview_dir=preview_dir)
@@ -322,6 +344,10 @@ def run_training(trainer, preview_dir: Path | None = None, stream: TextIO | None
                 write_image(path, preview_figure(event.preview))
             if event.checkpoint is not None and not event.finished:
                 progress.message(f"Checkpoint saved: {event.checkpoint}")
+            if event.validation is not None:
+                progress.message(format_validation(event))
+            for warning in event.warnings:
+                progress.message(f"Warning: {warning}")
     progress.close()
     if event is None or event.model_path is None:
         return False
