@@ -10,6 +10,7 @@ randomly flipped/rotated.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import Config
 from .intensity import IntensityNorm, check_finite, fit_intensity
 from .io import TIFF_SUFFIXES, list_images, read_image
 from .layout import ImageLayout, infer_layout, to_planes
@@ -316,3 +318,67 @@ class PatchStreams:
         for slot, stream in self.streams.items():
             if str(slot) in states:
                 stream.bit_generator.state = json.loads(states[str(slot)])
+
+
+def run_settings(
+    domain_a, domain_b, config: Config | None, checkpoint, resume, channel_axes
+) -> tuple[Config, Domain, Domain]:
+    """A training run's configuration and domains.
+
+    Parameters
+    ----------
+    domain_a, domain_b : Domain, array, path or sequence
+        The two domains' images.
+    config : Config or None
+        The caller's settings (not changed: a new one is returned).
+    checkpoint : TrainingCheckpoint or None
+        The checkpoint resumed from: its model settings and normalisations are kept.
+    resume : path-like or None
+        The checkpoint's path, for messages.
+    channel_axes : tuple of int or None
+        Channel axes of A's and B's images.
+
+    Returns
+    -------
+    tuple
+        The configuration (channel counts from the data) and the two domains.
+
+    Raises
+    ------
+    ValueError
+        If the channels do not match the checkpoint's, or ``crop_size`` does not suit
+        the generator.
+    """
+    from .networks import size_multiple  # imports torch
+
+    norm_a: IntensityNorm | str = "auto"
+    norm_b: IntensityNorm | str = "auto"
+    if checkpoint is None:
+        config = config or Config()
+    else:
+        saved = checkpoint.config
+        config = Config(model=saved.model, train=(config or saved).train)
+        norm_a, norm_b = checkpoint.norm_a, checkpoint.norm_b
+    if not isinstance(domain_a, Domain):
+        domain_a = Domain(domain_a, "A", channel_axes[0], norm_a)
+    if not isinstance(domain_b, Domain):
+        domain_b = Domain(domain_b, "B", channel_axes[1], norm_b)
+    if checkpoint is None:
+        channels = {"channels_a": domain_a.n_channels, "channels_b": domain_b.n_channels}
+        config = Config(model=dataclasses.replace(config.model, **channels), train=config.train)
+    for domain, expected in (
+        (domain_a, config.model.channels_a),
+        (domain_b, config.model.channels_b),
+    ):
+        if domain.n_channels != expected:
+            raise ValueError(
+                f"Domain {domain.name} has {domain.n_channels} channel(s) but the "
+                f"checkpoint {resume} was trained with {expected}."
+            )
+    multiple = size_multiple(config.model.generator)
+    if config.train.crop_size % multiple:
+        raise ValueError(
+            f"crop_size {config.train.crop_size} does not suit {config.model.generator}: "
+            f"use a multiple of {multiple}."
+        )
+    return config, domain_a, domain_b

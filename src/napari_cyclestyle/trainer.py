@@ -7,7 +7,8 @@ generator or call :meth:`Trainer.stop`, and the model file and a checkpoint are 
 The loop only: sampling, the learning-rate schedule, events, stop and resume, guards
 (divergence, out of memory) and saving. One optimisation step is
 :meth:`napari_cyclestyle.cyclegan.CycleGAN.training_step`; the checkpoint's contents are
-:class:`napari_cyclestyle.checkpoint.TrainingCheckpoint`.
+:class:`napari_cyclestyle.checkpoint.TrainingCheckpoint`; validation, the best model and the
+health watch are :class:`napari_cyclestyle.judging.RunJudge`'s.
 """
 
 from __future__ import annotations
@@ -28,15 +29,13 @@ from . import __version__, distributed
 from .checkpoint import TrainingCheckpoint
 from .config import Config
 from .cyclegan import LOSS_NAMES, CycleGAN
-from .data import Domain, PatchStreams
+from .data import PatchStreams, run_settings
 from .devices import is_out_of_memory
 from .errors import CycleStyleError, OutOfMemory
-from .health import HealthWarning, HealthWatch
-from .intensity import IntensityNorm
+from .health import HealthWarning
+from .judging import RunJudge, hold_out
 from .model import CycleStyleModel
 from .model_file import CHECKPOINT_SUFFIX, MODEL_SUFFIX, ModelFileError, save_model
-from .networks import size_multiple
-from .validation import HIGHER_IS_BETTER, ValidationSet, measure, resolve_metric, score
 
 BEST_SUFFIX = ".best" + MODEL_SUFFIX
 
@@ -173,6 +172,8 @@ class Trainer:
         patches for the health watch alone); None when neither is needed.
     best_path : Path
         Where the best model goes (``<stem>.best.safetensors``).
+    judge : RunJudge
+        Validation, the best model and the health watch; asked after every step.
 
     Raises
     ------
@@ -195,7 +196,7 @@ class Trainer:
     ):
         self._resume_path = resume
         checkpoint = TrainingCheckpoint.load(resume) if resume is not None else None
-        config, self.domain_a, self.domain_b = _settings(
+        config, self.domain_a, self.domain_b = run_settings(
             domain_a, domain_b, config, checkpoint, resume, (channel_axis_a, channel_axis_b)
         )
         self.config = config
@@ -204,10 +205,15 @@ class Trainer:
         )
         self.checkpoint_path = self.output.with_name(self.output.stem + CHECKPOINT_SUFFIX)
         self.best_path = self.output.with_name(self.output.stem + BEST_SUFFIX)
-        self._held_out = self._hold_out(
-            (validation_a, validation_b, validation_truth_b), (channel_axis_a, channel_axis_b)
+        self.domain_a, self.domain_b, held_out = hold_out(
+            self.domain_a,
+            self.domain_b,
+            (validation_a, validation_b, validation_truth_b),
+            (channel_axis_a, channel_axis_b),
+            config.train.validation_fraction,
         )
-        self.best_metric = resolve_metric(config.train.best_metric, self._held_out[2] is not None)
+        self.judge = RunJudge(config, held_out, self.best_path)
+        self.best_metric = self.judge.best_metric
         self.context, self.device = distributed.setup(config.train.device)
         if config.train.batch_size % self.context.world_size:
             raise ValueError(
@@ -217,9 +223,6 @@ class Trainer:
         self._stop_requested = False
         self.step = 0
         self.last_losses: dict[str, float] = {}
-        # Provenance of validation: {"last": {...}, "best": {...}} (each with its step).
-        self.validation_record: dict[str, dict[str, float]] = {}
-        self.health = HealthWatch(config.train.total_steps)
         self._model: tuple[int, CycleStyleModel] | None = None  # (updates, model)
         self._build(checkpoint)
 
@@ -234,7 +237,8 @@ class Trainer:
         networks = checkpoint.model["networks"] if checkpoint is not None else None
         self.cyclegan = CycleGAN(self.config, self.device, self.context, networks)
         self.patches = PatchStreams(self.domain_a, self.domain_b, train, self.context)
-        self.validation_set = self._validation_set()
+        self.judge.prepare(self.domain_a, self.domain_b, self.is_main_process)
+        self.validation_set = self.judge.validation_set
         if checkpoint is not None:
             self._restore(checkpoint)
 
@@ -243,6 +247,12 @@ class Trainer:
         """The four networks (``generator_ab``, ``generator_ba``, ``discriminator_a``,
         ``discriminator_b``) as they train."""
         return self.cyclegan.networks
+
+    @property
+    def validation_record(self) -> dict[str, dict[str, float]]:
+        """Provenance of validation: ``{"last": {...}, "best": {...}}`` (each with its
+        step); empty before the first validation on held-out data."""
+        return self.judge.record
 
     @property
     def precision(self) -> str:
@@ -365,11 +375,7 @@ class Trainer:
         elapsed = self._active_seconds
         speed = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
         total = self.config.train.total_steps
-        measures = self._maybe_measure(last)
-        held_out = measures is not None and self.validation_set.held_out
-        best_model_path = self._record(measures) if held_out else None
-        watch = self.config.train.health_watch and self.is_main_process
-        health = self.health.observe(self.step, losses, measures) if watch else []
+        verdict = self.judge.judge(self.step, losses, last, self.cyclegan, lambda: self.model)
         model_path = None
         if last and self.step > start_step:
             model_path = self.save()
@@ -386,87 +392,10 @@ class Trainer:
             checkpoint=checkpoint,
             finished=last,
             model_path=model_path,
-            validation=measures if held_out else None,
-            best_model_path=best_model_path,
-            warnings=health,
+            validation=verdict.validation,
+            best_model_path=verdict.best_model_path,
+            warnings=verdict.warnings,
         )
-
-    # ------------------------------------------------------------------ validation
-    def _hold_out(self, given, channel_axes) -> tuple[Domain | None, ...]:
-        """The held-out domains A and B and the paired truth of A (each may be None);
-        a domain without given images keeps ``validation_fraction`` of its own out."""
-        fraction = self.config.train.validation_fraction
-        held: list[Domain | None] = []
-        for slot, name in enumerate("AB"):
-            domain = (self.domain_a, self.domain_b)[slot]
-            if given[slot] is not None:
-                held.append(_as_domain(given[slot], name, channel_axes[slot], domain.norm))
-            elif fraction > 0:
-                training, held_out = domain.split(fraction)
-                setattr(self, f"domain_{name.lower()}", training)
-                held.append(held_out)
-            else:
-                held.append(None)
-        if (held[0] is None) != (held[1] is None):
-            missing = "B" if held[1] is None else "A"
-            raise ValueError(
-                f"Validation needs held-out images of both domains: give domain {missing}'s "
-                "too, or set validation_fraction to keep a fraction of each out."
-            )
-        truth = given[2]
-        if truth is not None and given[0] is None:
-            raise ValueError(
-                "validation_truth_b is the true B of each validation_a image: give "
-                "validation_a too."
-            )
-        if truth is not None:
-            truth = _as_domain(truth, "B", channel_axes[1], self.domain_b.norm)
-        return held[0], held[1], truth
-
-    def _validation_set(self) -> ValidationSet | None:
-        """Fixed patches of the held-out images; without them, of the training images
-        for the health watch alone; on helper ranks none (rank 0 measures)."""
-        train = self.config.train
-        held_a, held_b, truth_b = self._held_out
-        if not self.is_main_process or (held_a is None and not train.health_watch):
-            return None
-        held_out = held_a is not None
-        domains = (held_a, held_b) if held_out else (self.domain_a, self.domain_b)
-        return ValidationSet.build(
-            *domains, train.validation_patches, train.crop_size, train.seed, truth_b, held_out
-        )
-
-    def _maybe_measure(self, last: bool) -> dict[str, float] | None:
-        every = self.config.train.validation_every
-        if self.validation_set is None or not (last or (every and self.step % every == 0)):
-            return None
-        n = self.networks
-        return measure(  # the generators the model file holds (the averages with EMA)
-            *self.cyclegan.shown_generators(),
-            n.discriminator_a,
-            n.discriminator_b,
-            self.validation_set,
-            self.config.train.gan_mode,
-        )
-
-    def _record(self, measures: dict[str, float]) -> Path | None:
-        """Keep the last and the best validation values; write the best model when this
-        is it (and ``keep_best``). Returns the best model's path when written."""
-        entry = {"step": self.step, **measures}
-        self.validation_record["last"] = entry
-        value = score(measures, self.best_metric)
-        best = self.validation_record.get("best")
-        if not math.isfinite(value):
-            return None
-        if best is not None:
-            higher = HIGHER_IS_BETTER[self.best_metric]
-            if (value <= best["value"]) if higher else (value >= best["value"]):
-                return None
-        self.validation_record["best"] = {"metric": self.best_metric, "value": value, **entry}
-        if not self.config.train.keep_best:
-            return None
-        save_model(self.model, self.best_path)
-        return self.best_path
 
     # ------------------------------------------------------------------ outputs
     def preview(self) -> dict[str, np.ndarray]:
@@ -554,49 +483,7 @@ class Trainer:
             ) from error
         self.step = self.cyclegan.updates = checkpoint.step
         self.last_losses = checkpoint.last_losses
-        self.validation_record = checkpoint.validation
-
-
-def _settings(
-    domain_a, domain_b, config: Config | None, checkpoint, resume, channel_axes
-) -> tuple[Config, Domain, Domain]:
-    """The run's configuration (a new one: the caller's is not changed) and domains."""
-    norm_a: IntensityNorm | str = "auto"
-    norm_b: IntensityNorm | str = "auto"
-    if checkpoint is None:
-        config = config or Config()
-    else:
-        saved = checkpoint.config
-        config = Config(model=saved.model, train=(config or saved).train)
-        norm_a, norm_b = checkpoint.norm_a, checkpoint.norm_b
-    if not isinstance(domain_a, Domain):
-        domain_a = Domain(domain_a, "A", channel_axes[0], norm_a)
-    if not isinstance(domain_b, Domain):
-        domain_b = Domain(domain_b, "B", channel_axes[1], norm_b)
-    if checkpoint is None:
-        channels = {"channels_a": domain_a.n_channels, "channels_b": domain_b.n_channels}
-        config = Config(model=dataclasses.replace(config.model, **channels), train=config.train)
-    for domain, expected in (
-        (domain_a, config.model.channels_a),
-        (domain_b, config.model.channels_b),
-    ):
-        if domain.n_channels != expected:
-            raise ValueError(
-                f"Domain {domain.name} has {domain.n_channels} channel(s) but the "
-                f"checkpoint {resume} was trained with {expected}."
-            )
-    multiple = size_multiple(config.model.generator)
-    if config.train.crop_size % multiple:
-        raise ValueError(
-            f"crop_size {config.train.crop_size} does not suit {config.model.generator}: "
-            f"use a multiple of {multiple}."
-        )
-    return config, domain_a, domain_b
-
-
-def _as_domain(images, name: str, channel_axis: int | None, norm: IntensityNorm) -> Domain:
-    """Validation images as a domain normalised like the training domain's."""
-    return images if isinstance(images, Domain) else Domain(images, name, channel_axis, norm)
+        self.judge.record = checkpoint.validation
 
 
 def train(domain_a, domain_b, config: Config | None = None, **kwargs) -> Iterator[TrainEvent]:
