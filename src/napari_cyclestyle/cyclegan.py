@@ -2,7 +2,8 @@
 
 :class:`CycleGAN` owns one optimisation step (:meth:`CycleGAN.training_step`, the
 reference implementation's ``optimize_parameters``) and the state a checkpoint keeps of
-it (:meth:`CycleGAN.state_dict`). The loop around it (sampling, schedule, events,
+it (:meth:`CycleGAN.state_dict`); the optional methods' terms and their state are
+:class:`napari_cyclestyle.methods.CycleGANTerms`'. The loop around it (sampling, schedule, events,
 saving) is :mod:`napari_cyclestyle.trainer`.
 """
 
@@ -18,15 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import diff_augment
-from .config import Config
+from .config import Config, TrainConfig
 from .devices import ieee_float32, is_out_of_memory
 from .distributed import DistributedContext, wrap
-from .ema import WeightAverage
-from .losses import GANLoss, ImagePool, cycle_loss, r1_penalty, structure_loss
+from .losses import GANLoss, ImagePool, cycle_loss
+from .methods import NCE_LOSS_NAMES, R1_LOSS_NAMES, STRUCTURE_LOSS_NAMES, CycleGANTerms
 from .model import build_discriminators, build_generators
 from .networks import init_weights
-from .patchnce import PatchNCE, choose_layers
 
 # Every loss the step computes; events, logs and model provenance follow this list.
 LOSS_NAMES = (
@@ -40,10 +39,16 @@ LOSS_NAMES = (
     "D_B",
 )
 _GENERATOR_LOSSES = LOSS_NAMES[:6]
-# The losses of the optional methods (issue 19), present when their weight is not 0.
-STRUCTURE_LOSS_NAMES = ("structure_A", "structure_B")
-R1_LOSS_NAMES = ("R1_A", "R1_B")
-NCE_LOSS_NAMES = ("NCE_A", "NCE_B")
+# The optional methods' losses (issue 19; their names are methods.py's).
+__all__ = [
+    "LOSS_NAMES",
+    "NCE_LOSS_NAMES",
+    "R1_LOSS_NAMES",
+    "STRUCTURE_LOSS_NAMES",
+    "CycleGAN",
+    "Networks",
+    "resolve_precision",
+]
 
 
 class _CompiledOrEager:
@@ -110,6 +115,40 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def _build_networks(
+    config: Config, device: torch.device, state: dict[str, dict[str, torch.Tensor]] | None
+) -> Networks:
+    """The four networks, initialised (or loaded from ``state``), on ``device``."""
+    train, model = config.train, config.model
+    networks = Networks(*build_generators(model), *build_discriminators(model))
+    for network in networks.named().values():
+        init_weights(network)
+        network.to(device).train()
+        if train.channels_last:
+            network.to(memory_format=torch.channels_last)
+    if state is not None:
+        for name, network in networks.named().items():
+            network.load_state_dict(state[name])
+    return networks
+
+
+def _called_networks(
+    networks: Networks, train: TrainConfig, context: DistributedContext, device: torch.device
+) -> Networks:
+    """What the step calls: DistributedDataParallel wrappers under torchrun, compiled if
+    ``train.compile``."""
+    called = {name: wrap(network, context, device) for name, network in networks.named().items()}
+    if train.compile:
+        # R1 differentiates the discriminators' gradients (a double backward), which
+        # torch.compile does not support: with lambda_r1 they run uncompiled.
+        compiled = ("G", "F") if train.lambda_r1 > 0 else tuple(called)
+        called = {
+            name: _CompiledOrEager(network, name) if name in compiled else network
+            for name, network in called.items()
+        }
+    return Networks(*called.values())
+
+
 class CycleGAN:
     """G (A→B), F (B→A), D_A and D_B with their optimisers, losses and history pools.
 
@@ -143,65 +182,29 @@ class CycleGAN:
         # Training steps begun (a resumed trainer sets those before): the weights change
         # with each, and lazy R1 counts them.
         self.updates = 0
-        generator_ab, generator_ba = build_generators(model)
-        discriminator_a, discriminator_b = build_discriminators(model)
-        self.networks = Networks(generator_ab, generator_ba, discriminator_a, discriminator_b)
-        for network in self.networks.named().values():
-            init_weights(network)
-            network.to(device).train()
-            if train.channels_last:
-                network.to(memory_format=torch.channels_last)
-        if networks is not None:
-            for name, network in self.networks.named().items():
-                network.load_state_dict(networks[name])
-        # What the step calls: DistributedDataParallel wrappers under torchrun, compiled
-        # if asked.
-        called = {
-            name: wrap(network, context, device) for name, network in self.networks.named().items()
-        }
-        if train.compile:
-            # R1 differentiates the discriminators' gradients (a double backward), which
-            # torch.compile does not support: with lambda_r1 they run uncompiled.
-            compiled = ("G", "F") if train.lambda_r1 > 0 else tuple(called)
-            called = {
-                name: _CompiledOrEager(network, name) if name in compiled else network
-                for name, network in called.items()
-            }
-        self._called = Networks(*called.values())
-        # G's and F's weight averages (ema_decay > 0): what the model file and previews show.
-        self.averages = (
-            {
-                "G": WeightAverage(generator_ab, train.ema_decay),
-                "F": WeightAverage(generator_ba, train.ema_decay),
-            }
-            if train.ema_decay > 0
-            else {}
-        )
-        self.augment_policies = train.augment_policies
-        self.loss_names = (
-            LOSS_NAMES
-            + (STRUCTURE_LOSS_NAMES if train.lambda_structure > 0 else ())
-            + (R1_LOSS_NAMES if train.lambda_r1 > 0 else ())
-            + (NCE_LOSS_NAMES if train.lambda_nce > 0 else ())
-        )
+        self.networks = _build_networks(config, device, networks)
+        self._called = _called_networks(self.networks, train, context, device)
         self.batched_forward = train.batched_forward and model.norm != "batch"
         self.use_identity = train.lambda_identity > 0 and model.channels_a == model.channels_b
         self.precision = resolve_precision(train.precision, device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        # PatchNCE's MLP heads (lambda_nce > 0), trained with the generators.
-        self.patch_nce = self._patch_nce(generator_ab, generator_ba) if train.lambda_nce else {}
-        heads = [p for patch_nce in self.patch_nce.values() for p in patch_nce.parameters()]
+        # The optional methods: weight averages (what the model file and previews show),
+        # PatchNCE's heads (trained with the generators), structure, R1, DiffAugment.
+        self.terms = CycleGANTerms(config, self.networks, device)
+        self.loss_names = LOSS_NAMES + self.terms.loss_names
+        heads = self.terms.head_parameters()
+        raw = self.networks
         fused = device.type in ("cpu", "cuda")
         betas = (train.beta1, train.beta2)
         self.optimizer_g = torch.optim.Adam(
-            [*generator_ab.parameters(), *generator_ba.parameters(), *heads],
+            [*raw.generator_ab.parameters(), *raw.generator_ba.parameters(), *heads],
             train.learning_rate,
             betas,
             fused=fused,
         )
         self.optimizer_d = torch.optim.Adam(
-            [*discriminator_a.parameters(), *discriminator_b.parameters()],
+            [*raw.discriminator_a.parameters(), *raw.discriminator_b.parameters()],
             train.learning_rate,
             betas,
             fused=fused,
@@ -214,29 +217,6 @@ class CycleGAN:
         self.pool_b = ImagePool(
             train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 2)
         )
-
-    def _patch_nce(self, generator_ab: nn.Module, generator_ba: nn.Module) -> dict:
-        """PatchNCE of G and of F, their heads on the device.
-
-        Raises
-        ------
-        ValueError
-            For domains with different channel counts (a generator's encoder embeds
-            its own output) or a generator PatchNCE cannot read.
-        """
-        model, train = self.config.model, self.config.train
-        if model.channels_a != model.channels_b:
-            raise ValueError(
-                f"PatchNCE (lambda_nce) embeds a generator's output with its own encoder, so "
-                f"both domains need the same channel count (A has {model.channels_a}, B "
-                f"{model.channels_b}); lambda_structure keeps content between any counts."
-            )
-        return {
-            name: PatchNCE(
-                network, choose_layers(network, train.nce_layer_indices), train.nce_patches
-            ).to(self.device)
-            for name, network in (("G", generator_ab), ("F", generator_ba))
-        }
 
     # ------------------------------------------------------------------ one step
     def training_step(
@@ -293,34 +273,22 @@ class CycleGAN:
                 ("G_adversarial", raw.discriminator_b, out["fake_B"]),
                 ("F_adversarial", raw.discriminator_a, out["fake_A"]),
             ):
-                judged = network(self._augment(fake))
+                judged = network(self.terms.augment(fake))
                 losses[name] = self.gan_loss(judged, True, for_discriminator=False)
             losses["cycle_A"] = cycle_loss(out["rec_A"], real_a) * train.lambda_cycle_a
             losses["cycle_B"] = cycle_loss(out["rec_B"], real_b) * train.lambda_cycle_b
-            names = _GENERATOR_LOSSES
-            if train.lambda_structure > 0:
-                weight = train.lambda_structure
-                losses["structure_A"] = structure_loss(real_a, out["fake_B"]) * weight
-                losses["structure_B"] = structure_loss(real_b, out["fake_A"]) * weight
-                names += STRUCTURE_LOSS_NAMES
-            if self.patch_nce:
-                weight = train.lambda_nce
-                for name, key, network, real, fake in (
-                    ("NCE_A", "G", raw.generator_ab, real_a, out["fake_B"]),
-                    ("NCE_B", "F", raw.generator_ba, real_b, out["fake_A"]),
-                ):
-                    losses[name] = self.patch_nce[key](network, real, fake) * weight
-                names += NCE_LOSS_NAMES
+            names = _GENERATOR_LOSSES + self.terms.add_generator_terms(
+                losses, raw, real_a, real_b, out
+            )
             generator_total = sum(losses[name] for name in names)
         self.optimizer_g.zero_grad(set_to_none=True)
         self._backward_and_step(generator_total, self.optimizer_g)
-        for name, average in self.averages.items():
-            average.update(self.networks.named()[name])
+        self.terms.update_averages(self.networks)
 
         # Discriminators: real images against a history of fakes (and R1 on the reals).
         for network in (raw.discriminator_a, raw.discriminator_b):
             network.requires_grad_(True)
-        with_r1 = train.lambda_r1 > 0 and self.updates % train.r1_every == 0
+        with_r1 = self.terms.r1_due(self.updates)
         with autocast:
             for name, r1_name, network, real, fake, pool in (
                 ("D_A", "R1_A", n.discriminator_a, real_a, out["fake_A"], self.pool_a),
@@ -329,14 +297,10 @@ class CycleGAN:
                 if with_r1:
                     real = real.detach().requires_grad_(True)
                 on_real, on_fake = self._discriminate(
-                    network, self._augment(real), self._augment(pool.query(fake))
+                    network, self.terms.augment(real), self.terms.augment(pool.query(fake))
                 )
                 losses[name] = 0.5 * (self.gan_loss(on_real, True) + self.gan_loss(on_fake, False))
-                if with_r1:  # lazily every r1_every steps, weighted to match
-                    weight = train.lambda_r1 * train.r1_every
-                    losses[r1_name] = r1_penalty(on_real, real) * weight
-                elif train.lambda_r1 > 0:
-                    losses[r1_name] = real.new_zeros(())
+                self.terms.add_r1(losses, r1_name, on_real, real, with_r1)
         discriminator_total = losses["D_A"] + losses["D_B"]
         if with_r1:
             discriminator_total = discriminator_total + losses["R1_A"] + losses["R1_B"]
@@ -345,10 +309,6 @@ class CycleGAN:
         if self.scaler is not None:
             self.scaler.update()
         return {name: losses[name].detach() for name in self.loss_names}
-
-    def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        """A discriminator's input under the DiffAugment policy (itself when off)."""
-        return diff_augment(images, self.augment_policies) if self.augment_policies else images
 
     def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """fake_B = G(a), rec_A = F(G(a)), fake_A = F(b), rec_B = G(F(b)) and identities.
@@ -392,12 +352,17 @@ class CycleGAN:
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
 
+    @property
+    def averages(self) -> dict:
+        """G's and F's weight averages by name (``ema_decay``), else empty."""
+        return self.terms.averages
+
     # ------------------------------------------------------------------ outputs
     def shown_generators(self) -> tuple[nn.Module, nn.Module]:
         """``G`` and ``F`` as the model file and previews show them: the weight
         averages with ``ema_decay``, else the networks being trained."""
-        if self.averages:
-            return self.averages["G"].network, self.averages["F"].network
+        if averages := self.terms.averages:
+            return averages["G"].network, averages["F"].network
         return self.networks.generator_ab, self.networks.generator_ba
 
     @torch.inference_mode()
@@ -442,11 +407,7 @@ class CycleGAN:
             "optimizer_d": self.optimizer_d.state_dict(),
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
         }
-        if self.averages:
-            state["ema"] = {name: average.state_dict() for name, average in self.averages.items()}
-        if self.patch_nce:
-            state["nce_heads"] = {name: nce.state_dict() for name, nce in self.patch_nce.items()}
-        return state
+        return self.terms.state_dict(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the optimisers, the loss scale and the weight averages of
@@ -457,14 +418,7 @@ class CycleGAN:
         self.optimizer_d.load_state_dict(state["optimizer_d"])
         if self.scaler is not None and state.get("grad_scaler"):  # older checkpoints: none
             self.scaler.load_state_dict(state["grad_scaler"])
-        saved = state.get("ema") or {}
-        for name, average in self.averages.items():
-            if name in saved:
-                average.load_state_dict(saved[name])
-        heads = state.get("nce_heads") or {}
-        for name, patch_nce in self.patch_nce.items():
-            if name in heads:
-                patch_nce.load_state_dict(heads[name])
+        self.terms.load_state_dict(state)
 
     def pool_state_dict(self) -> dict[str, Any]:
         """This rank's history pools (each rank keeps its own)."""
