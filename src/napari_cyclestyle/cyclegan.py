@@ -2,9 +2,9 @@
 
 :class:`CycleGAN` owns one optimisation step (:meth:`CycleGAN.training_step`, the
 reference implementation's ``optimize_parameters``) and the state a checkpoint keeps of
-it (:meth:`CycleGAN.state_dict`); the optional methods' terms and their state are
-:class:`napari_cyclestyle.methods.CycleGANTerms`'. The loop around it (sampling, schedule, events,
-saving) is :mod:`napari_cyclestyle.trainer`.
+it (:meth:`CycleGAN.state_dict`). The optional methods' terms and their state belong to
+:class:`napari_cyclestyle.methods.CycleGANTerms`; the loop around the step (sampling,
+schedule, events, saving) is :mod:`napari_cyclestyle.trainer`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ LOSS_NAMES = (
     "D_B",
 )
 _GENERATOR_LOSSES = LOSS_NAMES[:6]
-# The optional methods' losses (issue 19; their names are methods.py's).
+# The optional methods' loss names (issue 19) are methods.py's, and importable from here.
 __all__ = [
     "LOSS_NAMES",
     "NCE_LOSS_NAMES",
