@@ -60,7 +60,30 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
-class ResnetGenerator(nn.Module):
+class GeneratorBase(nn.Module):
+    """What every generator records of its architecture: the facts that model files,
+    exports and :mod:`~napari_cyclestyle.reference` read back from a built network."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        ngf: int,
+        norm: str,
+        dropout: bool,
+        upsampling: str,
+    ) -> None:
+        super().__init__()
+        check_choice("norm", norm, NORMS)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.ngf = ngf
+        self.norm = norm
+        self.dropout = dropout
+        self.upsampling = upsampling
+
+
+class ResnetGenerator(GeneratorBase):
     """ResNet generator (Johnson et al.), the reference CycleGAN default.
 
     ``model`` is ``[ReflectionPad2d(3), Conv7×7, norm, ReLU]``, two down-sampling stages
@@ -97,16 +120,9 @@ class ResnetGenerator(nn.Module):
         n_blocks: int = 9,
         upsampling: str = "transposed",
     ) -> None:
-        super().__init__()
-        check_choice("norm", norm, NORMS)
+        super().__init__(in_channels, out_channels, ngf, norm, dropout, upsampling)
         check_count("n_blocks", n_blocks, minimum=0)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.ngf = ngf
-        self.norm = norm
-        self.dropout = dropout
         self.n_blocks = n_blocks
-        self.upsampling = upsampling
         bias = conv_bias(norm)
 
         layers: list[nn.Module] = [
@@ -267,7 +283,7 @@ class UnetSkipBlock(nn.Module):
         return torch.cat([x, self.model(x)], dim=1)
 
 
-class UnetGenerator(nn.Module):
+class UnetGenerator(GeneratorBase):
     """U-Net generator built recursively from :class:`UnetSkipBlock`.
 
     Channels from the outside in: ``ngf``, ``2 ngf``, ``4 ngf``, then ``8 ngf`` for the
@@ -301,17 +317,9 @@ class UnetGenerator(nn.Module):
         dropout: bool = False,
         upsampling: str = "transposed",
     ) -> None:
-        super().__init__()
-        check_choice("norm", norm, NORMS)
+        super().__init__(in_channels, out_channels, ngf, norm, dropout, upsampling)
         check_count("num_downs", num_downs, minimum=5)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
         self.num_downs = num_downs
-        self.ngf = ngf
-        self.norm = norm
-        self.dropout = dropout
-
-        self.upsampling = upsampling
         kinds = {"norm": norm, "upsampling": upsampling}
         block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True, **kinds)
         for _ in range(num_downs - 5):
@@ -333,7 +341,7 @@ class UnetGenerator(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-class EncoderDecoderGenerator(nn.Module):
+class EncoderDecoderGenerator(GeneratorBase):
     """Small encoder-decoder generator without skip connections.
 
     ``model`` is three ``Conv4×4 stride 2`` stages (``in → ngf → 2 ngf → 4 ngf``, norm
@@ -366,14 +374,7 @@ class EncoderDecoderGenerator(nn.Module):
         dropout: bool = False,
         upsampling: str = "transposed",
     ) -> None:
-        super().__init__()
-        check_choice("norm", norm, NORMS)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.ngf = ngf
-        self.norm = norm
-        self.dropout = dropout
-        self.upsampling = upsampling
+        super().__init__(in_channels, out_channels, ngf, norm, dropout, upsampling)
         bias = conv_bias(norm)
 
         layers: list[nn.Module] = [
