@@ -141,3 +141,12 @@ def translate_widget(viewer, wait_done):
     yield widget
     widget.cancel()
     wait_done(widget)
+
+
+@pytest.fixture
+def loaded(translate_widget, tiny_model_path):
+    """The translate widget with the tiny model file chosen and loaded."""
+    translate_widget.model.value = "model file…"
+    translate_widget.model_file.value = tiny_model_path
+    assert translate_widget.loaded_model is not None
+    return translate_widget

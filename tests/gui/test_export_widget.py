@@ -9,14 +9,6 @@ import torch
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture
-def loaded(translate_widget, tiny_model_path):
-    translate_widget.model.value = "model file…"
-    translate_widget.model_file.value = tiny_model_path
-    assert translate_widget.loaded_model is not None
-    return translate_widget
-
-
 def test_export_writes_the_chosen_direction_as_onnx(loaded, wait_done, errors, tmp_path):
     loaded.direction.value = "BtoA"
     loaded.export_format.value = "onnx"

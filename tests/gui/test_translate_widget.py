@@ -8,14 +8,6 @@ import pytest
 from napari_cyclestyle._widgets import trained_models
 
 
-@pytest.fixture
-def loaded(translate_widget, tiny_model_path):
-    translate_widget.model.value = "model file…"
-    translate_widget.model_file.value = tiny_model_path
-    assert translate_widget.loaded_model is not None
-    return translate_widget
-
-
 @pytest.mark.parametrize(
     ("layer_kind", "direction", "expected_shape", "expected_rgb"),
     [
