@@ -5,8 +5,8 @@ A checkpoint is a torch file of tensors and plain values only (it loads with
 domains' normalisations, the four networks with their optimisers and loss scale, the
 generators' weight averages (with ``ema_decay``), every patch stream's random state,
 each rank's history pools and torch's random states.
-:class:`TrainingCheckpoint` writes it, reads it back and validates it; nothing read from
-a file is trusted.
+:class:`TrainingCheckpoint` gathers it from a run, writes it, reads it back, validates
+it and restores it into a run; nothing read from a file is trusted.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .config import Config, ConfigError
 from .files import atomic_write_bytes
 from .intensity import IntensityNorm
@@ -35,6 +35,9 @@ from .model_file import (
     parse_norm,
     safe_torch_load,
 )
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 CHECKPOINT_FORMAT = FORMAT_NAME + "-checkpoint"
 
@@ -99,6 +102,59 @@ class TrainingCheckpoint:
     last_losses: dict[str, float] = field(default_factory=dict)
     validation: dict[str, dict] = field(default_factory=dict)
     version: str = __version__
+
+    # ------------------------------------------------------------------ the run
+    @classmethod
+    def gather(cls, trainer: Trainer) -> TrainingCheckpoint | None:
+        """``trainer``'s state now, with every rank's random streams and pools: on
+        rank 0; None on the other ranks. Under torchrun every rank must call this."""
+        local = {"streams": trainer.patches.state(), "pools": trainer.cyclegan.pool_state_dict()}
+        ranks = distributed.all_gather(local, trainer.context)
+        if not trainer.is_main_process:
+            return None
+        return cls(
+            step=trainer.step,
+            config=trainer.config,
+            norm_a=trainer.domain_a.norm,
+            norm_b=trainer.domain_b.norm,
+            model=trainer.cyclegan.state_dict(),
+            data_streams={
+                slot: value for rank in ranks for slot, value in rank["streams"].items()
+            },
+            pools=[rank["pools"] for rank in ranks],
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            last_losses=trainer.last_losses,
+            validation=trainer.validation_record,
+        )
+
+    def restore(self, trainer: Trainer, source: str | os.PathLike) -> None:
+        """Continue ``trainer`` from this checkpoint, read from ``source`` (the
+        networks' weights load before they are wrapped for DDP).
+
+        Raises
+        ------
+        ModelFileError
+            If the checkpoint does not fit the trainer's networks or streams.
+        """
+        try:
+            trainer.cyclegan.load_state_dict(self.model)
+            # Another world size redistributes the patches' streams and the ranks' pools.
+            trainer.patches.restore(self.data_streams)
+            trainer.cyclegan.load_pool_state_dict(
+                self.pools[trainer.context.rank % len(self.pools)]
+            )
+            torch.set_rng_state(self.torch_rng)
+            if self.cuda_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self.cuda_rng)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise ModelFileError(
+                f"{source}: a damaged training checkpoint ({error!r}); resume from an "
+                "earlier copy or start a new run."
+            ) from error
+        trainer.step = trainer.cyclegan.updates = self.step
+        trainer.last_losses = self.last_losses
+        trainer.judge.record = self.validation
 
     # ------------------------------------------------------------------ the file
     def to_state(self) -> dict[str, Any]:

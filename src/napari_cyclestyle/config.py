@@ -24,77 +24,17 @@ from .choices import (
     PRECISIONS,
     UPSAMPLINGS,
 )
+from .settings import (
+    ConfigError,
+    check_choice,
+    check_choices,
+    check_int,
+    check_positive,
+    setting,
+    settings,
+)
 
-
-class ConfigError(ValueError):
-    """A configuration value is impossible; the message names the field and the fix."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What a configuration field is, for the front ends that offer it.
-
-    Attributes
-    ----------
-    name : str
-        The field's name.
-    default : object
-        Its default value.
-    help : str
-        One line saying what it does (the CLI's help text).
-    choices : tuple of str, optional
-        The values it may take (checked on construction).
-    bounds : (number, number), optional
-        The range a form offers (the widgets' spin boxes); construction checks only
-        what the class docstring says.
-    """
-
-    name: str
-    default: Any
-    help: str
-    choices: tuple[str, ...] | None = None
-    bounds: tuple[float, float] | None = None
-
-
-def _setting(
-    default: Any,
-    help: str,
-    *,
-    choices: tuple[str, ...] | None = None,
-    bounds: tuple[float, float] | None = None,
-) -> Any:
-    """A dataclass field that carries its :class:`Setting` facts."""
-    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
-
-
-def settings(kind: type) -> dict[str, Setting]:
-    """The :class:`Setting` of every field of ``kind`` (``ModelConfig`` or
-    ``TrainConfig``), by name."""
-    return {f.name: Setting(f.name, f.default, **f.metadata) for f in dataclasses.fields(kind)}
-
-
-def _check_choices(config: Any) -> None:
-    for setting in settings(type(config)).values():
-        if setting.choices is not None:
-            _check_choice(setting.name, getattr(config, setting.name), setting.choices)
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}.")
-
-
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}.")
-
-
-def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
+__all__ = ["Config", "ConfigError", "ModelConfig", "TrainConfig", "settings"]
 
 
 @dataclass
@@ -130,31 +70,31 @@ class ModelConfig:
         discriminators, keeping each layer's largest singular value near 1.
     """
 
-    generator: str = _setting("resnet_9blocks", "generator architecture", choices=GENERATORS)
-    discriminator: str = _setting(
+    generator: str = setting("resnet_9blocks", "generator architecture", choices=GENERATORS)
+    discriminator: str = setting(
         "basic", "PatchGAN discriminator (basic = 70x70)", choices=DISCRIMINATORS
     )
-    channels_a: int = _setting(3, "channels of domain A images")
-    channels_b: int = _setting(3, "channels of domain B images")
-    ngf: int = _setting(64, "generator width (filters)", bounds=(1, 512))
-    ndf: int = _setting(64, "discriminator width (filters)", bounds=(1, 512))
-    n_layers_discriminator: int = _setting(3, "layers of the n_layers discriminator")
-    norm: str = _setting("instance", "normalisation layers", choices=NORMS)
-    dropout: bool = _setting(False, "dropout in the generators")
+    channels_a: int = setting(3, "channels of domain A images")
+    channels_b: int = setting(3, "channels of domain B images")
+    ngf: int = setting(64, "generator width (filters)", bounds=(1, 512))
+    ndf: int = setting(64, "discriminator width (filters)", bounds=(1, 512))
+    n_layers_discriminator: int = setting(3, "layers of the n_layers discriminator")
+    norm: str = setting("instance", "normalisation layers", choices=NORMS)
+    dropout: bool = setting(False, "dropout in the generators")
     # Methods beyond the paper's recipe (issue 19); off by default.
-    upsampling: str = _setting(
+    upsampling: str = setting(
         "transposed",
         "generator up-sampling: transposed convolutions (the paper's) or resize = nearest "
         "x2 then a 3x3 convolution (no checkerboard artefacts)",
         choices=UPSAMPLINGS,
     )
-    spectral_norm: bool = _setting(False, "spectral normalisation of the discriminators")
+    spectral_norm: bool = setting(False, "spectral normalisation of the discriminators")
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        check_choices(self)
         for name in ("channels_a", "channels_b", "ngf", "ndf", "n_layers_discriminator"):
-            _check_int(name, getattr(self, name))
-            _check_positive(name, getattr(self, name))
+            check_int(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         for name in ("dropout", "spectral_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
@@ -275,106 +215,106 @@ class TrainConfig:
         once per kind of failure, with advice.
     """
 
-    n_steps: int = _setting(100, "steps at the initial learning rate", bounds=(1, 10_000_000))
-    n_steps_decay: int = _setting(
+    n_steps: int = setting(100, "steps at the initial learning rate", bounds=(1, 10_000_000))
+    n_steps_decay: int = setting(
         100, "further steps decaying the rate to zero", bounds=(0, 10_000_000)
     )
-    batch_size: int = _setting(1, "patches per step", bounds=(1, 1024))
-    crop_size: int = _setting(256, "side of the training patches", bounds=(16, 4096))
-    learning_rate: float = _setting(2e-4, "Adam", bounds=(1e-7, 1.0))
-    beta1: float = _setting(0.5, "Adam's beta1")
-    beta2: float = _setting(0.999, "Adam's beta2")
-    gan_mode: str = _setting("lsgan", "adversarial loss", choices=GAN_MODES)
-    lambda_cycle_a: float = _setting(10.0, "weight of ‖F(G(a)) − a‖₁", bounds=(0, 1000))
-    lambda_cycle_b: float = _setting(10.0, "weight of ‖G(F(b)) − b‖₁", bounds=(0, 1000))
-    lambda_identity: float = _setting(
+    batch_size: int = setting(1, "patches per step", bounds=(1, 1024))
+    crop_size: int = setting(256, "side of the training patches", bounds=(16, 4096))
+    learning_rate: float = setting(2e-4, "Adam", bounds=(1e-7, 1.0))
+    beta1: float = setting(0.5, "Adam's beta1")
+    beta2: float = setting(0.999, "Adam's beta2")
+    gan_mode: str = setting("lsgan", "adversarial loss", choices=GAN_MODES)
+    lambda_cycle_a: float = setting(10.0, "weight of ‖F(G(a)) − a‖₁", bounds=(0, 1000))
+    lambda_cycle_b: float = setting(10.0, "weight of ‖G(F(b)) − b‖₁", bounds=(0, 1000))
+    lambda_identity: float = setting(
         0.5,
         "identity weight relative to the cycle weight; used only when both domains have "
         "the same channel count",
         bounds=(0, 100),
     )
-    pool_size: int = _setting(50, "history pool of fakes (0: off)")
-    flip: bool = _setting(True, "random flips/rotations")
-    seed: int = _setting(0, "random seed", bounds=(0, 2**31 - 1))
-    deterministic: bool = _setting(False, "deterministic torch algorithms")
-    device: str = _setting("auto", "where to train", choices=DEVICES)
-    checkpoint_every: int = _setting(
+    pool_size: int = setting(50, "history pool of fakes (0: off)")
+    flip: bool = setting(True, "random flips/rotations")
+    seed: int = setting(0, "random seed", bounds=(0, 2**31 - 1))
+    deterministic: bool = setting(False, "deterministic torch algorithms")
+    device: str = setting("auto", "where to train", choices=DEVICES)
+    checkpoint_every: int = setting(
         500, "write a checkpoint every N steps (0: at the end)", bounds=(0, 10_000_000)
     )
-    preview_every: int = _setting(
+    preview_every: int = setting(
         50, "write a preview every N steps (needs --preview-dir)", bounds=(0, 1_000_000)
     )
-    log_every: int = _setting(10, "read the losses every N steps", bounds=(1, 1_000_000))
-    batched_forward: bool = _setting(True, "one call per network and phase of a step")
-    precision: str = _setting(
+    log_every: int = setting(10, "read the losses every N steps", bounds=(1, 1_000_000))
+    batched_forward: bool = setting(True, "one call per network and phase of a step")
+    precision: str = setting(
         "auto",
         "arithmetic: auto is bf16 (else fp16) mixed precision on CUDA, fp32 elsewhere; fp32 "
         "is IEEE float32 everywhere",
         choices=PRECISIONS,
     )
-    cudnn_benchmark: bool = _setting(
+    cudnn_benchmark: bool = setting(
         True, "let cuDNN time its convolution algorithms and keep the fastest (CUDA)"
     )
-    compile: bool = _setting(
+    compile: bool = setting(
         False,
         "compile the networks with torch.compile (faster steps after a minute or more of "
         "compiling)",
     )
-    channels_last: bool = _setting(
+    channels_last: bool = setting(
         False, "channels-last (NHWC) weights and batches: for tensor cores; slower on the CPU"
     )
     # Methods beyond the paper's recipe (issue 19); all off by default.
-    ema_decay: float = _setting(
+    ema_decay: float = setting(
         0.0,
         "decay of a moving average of the generators' weights, which the model file and "
         "previews then use (0: off; e.g. 0.995)",
         bounds=(0.0, 0.9999),
     )
-    lambda_r1: float = _setting(
+    lambda_r1: float = setting(
         0.0, "weight of the R1 gradient penalty on real images (0: off)", bounds=(0, 1000)
     )
-    r1_every: int = _setting(1, "compute R1 every N steps (lazy R1)", bounds=(1, 1000))
-    lambda_structure: float = _setting(
+    r1_every: int = setting(1, "compute R1 every N steps (lazy R1)", bounds=(1, 1000))
+    lambda_structure: float = setting(
         0.0,
         "weight of 1 - local luminance correlation between input and output: keeps "
         "content, allows other intensities, works between any channel counts (0: off)",
         bounds=(0, 1000),
     )
-    diff_augment: str = _setting(
+    diff_augment: str = setting(
         "", "DiffAugment policy: comma-separated color, translation, cutout (empty: off)"
     )
-    lambda_nce: float = _setting(
+    lambda_nce: float = setting(
         0.0,
         "weight of CUT's PatchNCE loss beside the cycle loss (0: off; needs equal channel "
         "counts and a resnet or encoder_decoder generator)",
         bounds=(0, 1000),
     )
-    nce_layers: str = _setting(
+    nce_layers: str = setting(
         "", "encoder layers PatchNCE reads, e.g. 0,4,8,12,16 (empty: CUT's choice)"
     )
-    nce_patches: int = _setting(256, "positions PatchNCE samples per layer", bounds=(1, 4096))
+    nce_patches: int = setting(256, "positions PatchNCE samples per layer", bounds=(1, 4096))
     # Validation, the best model and the health watch (issue 20).
-    validation_fraction: float = _setting(
+    validation_fraction: float = setting(
         0.0,
         "keep this fraction of each domain's image planes out of training to validate on",
         bounds=(0, 0.9),
     )
-    validation_every: int = _setting(
+    validation_every: int = setting(
         100, "validate every N steps and at the end (0: at the end)", bounds=(0, 10_000_000)
     )
-    validation_patches: int = _setting(8, "fixed validation patches per domain", bounds=(1, 1024))
-    keep_best: bool = _setting(
+    validation_patches: int = setting(8, "fixed validation patches per domain", bounds=(1, 1024))
+    keep_best: bool = setting(
         True, "with validation data, keep <stem>.best.safetensors at the best best_metric"
     )
-    best_metric: str = _setting(
+    best_metric: str = setting(
         "auto",
         "what the best model is best at: auto is ssim with paired validation data, else cycle",
         choices=BEST_METRICS,
     )
-    health_watch: bool = _setting(True, "warn, with advice, when training looks like failing")
+    health_watch: bool = setting(True, "warn, with advice, when training looks like failing")
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        check_choices(self)
         for name in (
             "flip",
             "deterministic",
@@ -387,49 +327,49 @@ class TrainConfig:
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        _check_positive("validation_fraction", self.validation_fraction, allow_zero=True)
+        check_positive("validation_fraction", self.validation_fraction, allow_zero=True)
         if self.validation_fraction >= 1:
             raise ConfigError(
                 f"validation_fraction must be below 1, got {self.validation_fraction!r}."
             )
         for name in ("n_steps", "n_steps_decay", "pool_size", "seed"):
-            _check_int(name, getattr(self, name))
-            _check_positive(name, getattr(self, name), allow_zero=True)
+            check_int(name, getattr(self, name))
+            check_positive(name, getattr(self, name), allow_zero=True)
         for name in ("checkpoint_every", "preview_every", "validation_every"):
-            _check_int(name, getattr(self, name))
-            _check_positive(name, getattr(self, name), allow_zero=True)
+            check_int(name, getattr(self, name))
+            check_positive(name, getattr(self, name), allow_zero=True)
         for name in ("batch_size", "crop_size", "log_every", "validation_patches"):
-            _check_int(name, getattr(self, name))
-            _check_positive(name, getattr(self, name))
+            check_int(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         if self.n_steps + self.n_steps_decay == 0:
             raise ConfigError("n_steps + n_steps_decay must be at least 1.")
         if self.crop_size < 16:
             raise ConfigError(f"crop_size must be at least 16 pixels, got {self.crop_size}.")
-        _check_positive("learning_rate", self.learning_rate)
+        check_positive("learning_rate", self.learning_rate)
         for name in ("lambda_cycle_a", "lambda_cycle_b", "lambda_identity"):
-            _check_positive(name, getattr(self, name), allow_zero=True)
+            check_positive(name, getattr(self, name), allow_zero=True)
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
-            _check_positive(name, value, allow_zero=True)
+            check_positive(name, value, allow_zero=True)
             if value >= 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}.")
         self._check_methods()
 
     def _check_methods(self) -> None:
-        _check_positive("ema_decay", self.ema_decay, allow_zero=True)
+        check_positive("ema_decay", self.ema_decay, allow_zero=True)
         if self.ema_decay >= 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}.")
         for name in ("lambda_r1", "lambda_structure"):
-            _check_positive(name, getattr(self, name), allow_zero=True)
-        _check_int("r1_every", self.r1_every)
-        _check_positive("r1_every", self.r1_every)
+            check_positive(name, getattr(self, name), allow_zero=True)
+        check_int("r1_every", self.r1_every)
+        check_positive("r1_every", self.r1_every)
         if not isinstance(self.diff_augment, str):
             raise ConfigError(f"diff_augment must be a string, got {self.diff_augment!r}.")
         for policy in self.augment_policies:
-            _check_choice("diff_augment", policy, DIFF_AUGMENTS)
-        _check_positive("lambda_nce", self.lambda_nce, allow_zero=True)
-        _check_int("nce_patches", self.nce_patches)
-        _check_positive("nce_patches", self.nce_patches)
+            check_choice("diff_augment", policy, DIFF_AUGMENTS)
+        check_positive("lambda_nce", self.lambda_nce, allow_zero=True)
+        check_int("nce_patches", self.nce_patches)
+        check_positive("nce_patches", self.nce_patches)
         if not isinstance(self.nce_layers, str):
             raise ConfigError(f"nce_layers must be a string, got {self.nce_layers!r}.")
         try:

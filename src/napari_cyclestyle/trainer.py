@@ -35,7 +35,7 @@ from .errors import CycleStyleError, OutOfMemory
 from .health import HealthWarning
 from .judging import RunJudge, hold_out
 from .model import CycleStyleModel
-from .model_file import CHECKPOINT_SUFFIX, MODEL_SUFFIX, ModelFileError, save_model
+from .model_file import CHECKPOINT_SUFFIX, MODEL_SUFFIX, save_model
 
 BEST_SUFFIX = ".best" + MODEL_SUFFIX
 
@@ -240,7 +240,7 @@ class Trainer:
         self.judge.prepare(self.domain_a, self.domain_b, self.is_main_process)
         self.validation_set = self.judge.validation_set
         if checkpoint is not None:
-            self._restore(checkpoint)
+            checkpoint.restore(self, self._resume_path)
 
     @property
     def networks(self):
@@ -441,49 +441,11 @@ class Trainer:
         ranks are gathered); rank 0 alone writes.
         """
         path = Path(path or self.checkpoint_path)
-        local = {
-            "streams": self.patches.state(),
-            "pools": self.cyclegan.pool_state_dict(),
-        }
-        ranks = distributed.all_gather(local, self.context)
-        if self.is_main_process:
-            TrainingCheckpoint(
-                step=self.step,
-                config=self.config,
-                norm_a=self.domain_a.norm,
-                norm_b=self.domain_b.norm,
-                model=self.cyclegan.state_dict(),
-                data_streams={
-                    slot: value for rank in ranks for slot, value in rank["streams"].items()
-                },
-                pools=[rank["pools"] for rank in ranks],
-                torch_rng=torch.get_rng_state(),
-                cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                last_losses=self.last_losses,
-                validation=self.validation_record,
-            ).save(path)
+        checkpoint = TrainingCheckpoint.gather(self)
+        if checkpoint is not None:
+            checkpoint.save(path)
         distributed.barrier(self.context)
         return path
-
-    def _restore(self, checkpoint: TrainingCheckpoint) -> None:
-        """Continue from a checkpoint (the networks' weights are loaded before wrapping)."""
-        try:
-            self.cyclegan.load_state_dict(checkpoint.model)
-            # Another world size redistributes the patches' streams and the ranks' pools.
-            self.patches.restore(checkpoint.data_streams)
-            pools = checkpoint.pools
-            self.cyclegan.load_pool_state_dict(pools[self.context.rank % len(pools)])
-            torch.set_rng_state(checkpoint.torch_rng)
-            if checkpoint.cuda_rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(checkpoint.cuda_rng)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-            raise ModelFileError(
-                f"{self._resume_path}: a damaged training checkpoint ({error!r}); resume "
-                "from an earlier copy or start a new run."
-            ) from error
-        self.step = self.cyclegan.updates = checkpoint.step
-        self.last_losses = checkpoint.last_losses
-        self.judge.record = checkpoint.validation
 
 
 def train(domain_a, domain_b, config: Config | None = None, **kwargs) -> Iterator[TrainEvent]:

@@ -18,27 +18,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import (
-    CheckBox,
-    Container,
-    FileEdit,
-    Label,
-    ProgressBar,
-    PushButton,
-    Select,
-)
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from superqt import QCollapsible
 
 from ..config import Config
-from ._common import (
-    StopOnClose,
-    describe_device_choice,
-    format_seconds,
-    image_data,
-    image_layers,
-)
+from ._common import StopOnClose, describe_device_choice, format_seconds
+from ._domains import DOMAIN_FIELDS, DomainFields
 from ._plots import LossPlot
 from ._previews import PreviewLayers
 from ._registry import trained_models
@@ -80,21 +67,9 @@ class TrainWidget(Container):
         self.previews = PreviewLayers(viewer, self._refresh_choices, lambda: self._closed)
 
         # ---------------------------------------------------------------- domains
-        self.own_layers = CheckBox(text="offer previews and translations too", value=False)
-        choices = self._image_choices
-        self.layers_a = Select(label="domain A layers", choices=choices, name="layers_a")
-        self.folder_a = FileEdit(label="or folder A", mode="d", nullable=True, name="folder_a")
-        self.layers_b = Select(label="domain B layers", choices=choices, name="layers_b")
-        self.folder_b = FileEdit(label="or folder B", mode="d", nullable=True, name="folder_b")
-        self.validation_layers_a = Select(label="validate on A", choices=choices)
-        self.validation_layers_b = Select(label="validate on B", choices=choices)
-        for select in (
-            self.layers_a,
-            self.layers_b,
-            self.validation_layers_a,
-            self.validation_layers_b,
-        ):
-            select.native.setMaximumHeight(70)
+        self.domains = DomainFields(viewer, lambda: list(self.previews.layers.values()))
+        for name in DOMAIN_FIELDS:  # scripts set widget.layers_a.value, ...
+            setattr(self, name, getattr(self.domains, name))
         self.own_layers.changed.connect(self._on_layers_changed)
 
         # ---------------------------------------------------------------- settings
@@ -124,16 +99,7 @@ class TrainWidget(Container):
         self.health = Label(label="", value="")
         self.health.native.setWordWrap(True)
 
-        self.extend(
-            [
-                self.layers_a,
-                self.folder_a,
-                self.layers_b,
-                self.folder_b,
-                self.own_layers,
-                *self.fields.main,
-            ]
-        )
+        self.extend([*self.domains.main, *self.fields.main])
         fold = QCollapsible("advanced")
         fold.addWidget(self.advanced.native)
         self.native.layout().addWidget(fold)
@@ -152,7 +118,7 @@ class TrainWidget(Container):
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._on_layers_changed)
-        self._select_sample_layers()
+        self.domains.select_sample_layers()
         self._close_watch = StopOnClose(self.native, self.shutdown)
 
     # ------------------------------------------------------------------ choices
@@ -161,35 +127,17 @@ class TrainWidget(Container):
         """The preview layers of the last run ("G"/"F" → layer)."""
         return self.previews.layers
 
-    def _image_choices(self, _widget=None):
-        """The image layers to offer as domains: without the plugin's own previews and
-        translations unless asked for, never this run's previews."""
-        previews = list(self.previews.layers.values())
-        return [
-            (name, layer)
-            for name, layer in image_layers(self.viewer, own=bool(self.own_layers.value))
-            if layer not in previews
-        ]
-
     def _on_layers_changed(self, _event=None) -> None:
         if self._closed:
             return
         self._refresh_choices()
-        self._select_sample_layers()
+        self.domains.select_sample_layers()
 
     def _refresh_choices(self) -> None:
         """Offer the current layers in every list (the advanced fold's too, which is
         not one of this container's widgets)."""
         self.reset_choices()
         self.advanced.reset_choices()
-
-    def _select_sample_layers(self) -> None:
-        """Preselect the sample data's two layers when nothing is chosen yet."""
-        for select, tag in ((self.layers_a, "domain A"), (self.layers_b, "domain B")):
-            if not select.value:
-                found = [layer for _, layer in self._image_choices() if tag in layer.name]
-                if found:
-                    select.value = found[:1]
 
     def _show_device(self, _value=None) -> None:
         self.device_info.value = describe_device_choice(self.device.value)
@@ -204,34 +152,6 @@ class TrainWidget(Container):
         """
         return self.fields.config()
 
-    def _domain(self, name: str, layers, folder) -> list:
-        images = [image_data(layer) for layer in layers]
-        if folder is not None and str(folder).strip():
-            images.append(Path(folder))
-        if not images:
-            raise ValueError(f"Choose one or more image layers or a folder for domain {name}.")
-        return images
-
-    def _validation_images(self, layers_a, layers_b) -> dict:
-        """The chosen validation layers' images (none, or both domains'), which must not
-        also be training layers."""
-        held = {"A": self.validation_layers_a.value, "B": self.validation_layers_b.value}
-        if not held["A"] and not held["B"]:
-            return {}
-        if not held["A"] or not held["B"]:
-            raise ValueError("Choose validation layers for both domains (or for neither).")
-        overlap = {layer.name for layer in (*held["A"], *held["B"])}
-        overlap &= {layer.name for layer in (*layers_a, *layers_b)}
-        if overlap:
-            raise ValueError(
-                f"{', '.join(sorted(overlap))}: a layer cannot be both trained and "
-                "validated on; choose other validation layers."
-            )
-        return {
-            f"validation_{name.lower()}": [image_data(layer) for layer in layers]
-            for name, layers in held.items()
-        }
-
     # ------------------------------------------------------------------ actions
     @property
     def is_running(self) -> bool:
@@ -245,16 +165,7 @@ class TrainWidget(Container):
             show_info("Training is already running.")
             return
         try:
-            domain_a = self._domain(
-                "A", self.layers_a.value if layers_a is None else layers_a, self.folder_a.value
-            )
-            domain_b = self._domain(
-                "B", self.layers_b.value if layers_b is None else layers_b, self.folder_b.value
-            )
-            validation = self._validation_images(
-                self.layers_a.value if layers_a is None else layers_a,
-                self.layers_b.value if layers_b is None else layers_b,
-            )
+            domain_a, domain_b, validation = self.domains.images(layers_a, layers_b)
             config = self.config()
             output = self.output.value
             if output is None or not str(output).strip() or Path(output).is_dir():

@@ -18,9 +18,8 @@ worker too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error
 from psygnal import Signal
@@ -28,22 +27,21 @@ from psygnal import Signal
 from ..choices import DEVICES
 from ..layout import infer_layout
 from ._common import (
-    OWN_LAYER_KEY,
     StopOnClose,
     describe_device_choice,
     image_data,
     image_layers,
 )
+from ._model_choice import ModelChoice
 from ._registry import TrainedModel, trained_models
+from ._results import add_translation
 from ._startup import avoid_llvm_clash, import_in_background
 from ._workers import Failure, TranslationRun, export_worker, translate_worker
 
 if TYPE_CHECKING:
     import napari.viewer
 
-FROM_FILE = "model file…"
 DIRECTIONS = {"AtoB": "G: A → B", "BtoA": "F: B → A"}
-_SPATIAL_ATTRIBUTES = ("scale", "translate", "axis_labels", "units")
 
 
 EXPORT_FORMATS = {
@@ -78,19 +76,10 @@ class TranslateWidget(Container):
         self.worker = None
         self.last_layer = None
         self.last_export: list[Path] = []
-        self.loaded_model = None  # the CycleStyleModel in use
-        self._loaded_key: Any = None
         self._closed = False
 
-        self.model = ComboBox(label="model", choices=self._model_choices)
-        self.model_file = FileEdit(
-            label="model file",
-            mode="r",
-            nullable=True,
-            filter="Model files (*.safetensors *.pth)",
-        )
-        self.model_info = Label(label="", value="no model loaded")
-        self.model_info.native.setWordWrap(True)
+        self.models = ModelChoice(self._offer_directions)
+        self.model, self.model_file, self.model_info = self.models.widgets
         self.direction = ComboBox(
             label="direction", choices=[(text, key) for key, text in DIRECTIONS.items()]
         )
@@ -112,9 +101,7 @@ class TranslateWidget(Container):
         self.status = Label(label="", value="")
         self.extend(
             [
-                self.model,
-                self.model_file,
-                self.model_info,
+                *self.models.widgets,
                 self.direction,
                 self.image,
                 self.device,
@@ -128,8 +115,6 @@ class TranslateWidget(Container):
             ]
         )
 
-        self.model.changed.connect(self._on_model_choice)
-        self.model_file.changed.connect(self._on_model_choice)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self.export_model)
@@ -141,15 +126,11 @@ class TranslateWidget(Container):
         trained_models.changed.connect(self._on_model_trained)
         self._close_watch = StopOnClose(self.native, self.shutdown)
         import_in_background()
-        self._on_model_choice()
+        self.models.on_choice()
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _widget=None):
         return image_layers(self.viewer)
-
-    def _model_choices(self, _widget=None):
-        entries = [(entry.label, entry) for entry in reversed(list(trained_models))]
-        return [*entries, (FROM_FILE, FROM_FILE)]
 
     def _on_layers_changed(self, _event=None) -> None:
         if not self._closed:
@@ -160,72 +141,22 @@ class TranslateWidget(Container):
             return
         self.model.reset_choices()
         self.model.value = entry  # the model just trained is the one to try
-        self._on_model_choice()
+        self.models.on_choice()
 
     def _show_device(self, _value=None) -> None:
         self.device_info.value = describe_device_choice(self.device.value)
 
-    # ------------------------------------------------------------------ the model
-    def _on_model_choice(self, _value=None) -> None:
-        """Load the chosen model (a file is read here; errors become notifications)."""
-        from_file = self.model.value == FROM_FILE
-        self.model_file.visible = from_file
-        if from_file and not str(self.model_file.value or "").strip():
-            self._set_model(None, None, "no model: choose a model file")
-            return  # nothing chosen yet is not an error
-        try:
-            self._load_model()
-        except ValueError as error:
-            show_error(str(error))
+    @property
+    def loaded_model(self):
+        """The model in use (a CycleStyleModel), or None."""
+        return self.models.loaded_model
 
-    def _load_model(self):
-        """Return the chosen model, loading a file when it changed.
-
-        Raises
-        ------
-        ValueError
-            If no model is chosen or the file cannot be used (the message says why).
-        """
-        choice = self.model.value
-        if isinstance(choice, TrainedModel):
-            key, source = ("trained", choice.path), choice
-        else:
-            path = self.model_file.value
-            if path is None or not str(path).strip():
-                self._set_model(None, None, "no model: choose a model file")
-                raise ValueError("Choose a model file (*.safetensors or a CycleGAN .pth).")
-            path = Path(path)
-            stamp = path.stat().st_mtime if path.is_file() else None
-            key, source = ("file", path, stamp), path
-        if key == self._loaded_key and self.loaded_model is not None:
-            return self.loaded_model
-        if isinstance(source, TrainedModel):
-            model = source.model
-        else:
-            from ..model_file import load_model
-
-            try:
-                model = load_model(source)
-            except ValueError:
-                self._set_model(None, None, f"no model: {source.name} could not be loaded")
-                raise
-        self._set_model(model, key, model.describe())
-        return model
-
-    def _set_model(self, model, key, description: str) -> None:
-        self.loaded_model, self._loaded_key = model, key
-        self.model_info.value = description
-        if model is not None:
-            choices = [(DIRECTIONS[d], d) for d in model.directions]
-            current = self.direction.value
-            self.direction.choices = choices
-            if current in model.directions:
-                self.direction.value = current
-
-    def _model_source(self) -> str:
-        choice = self.model.value
-        path = choice.path if isinstance(choice, TrainedModel) else self.model_file.value
-        return str(path)
+    def _offer_directions(self, model) -> None:
+        """Offer the directions ``model`` has, keeping the chosen one if it has it."""
+        current = self.direction.value
+        self.direction.choices = [(DIRECTIONS[d], d) for d in model.directions]
+        if current in model.directions:
+            self.direction.value = current
 
     # ------------------------------------------------------------------ actions
     @property
@@ -240,7 +171,7 @@ class TranslateWidget(Container):
             return
         layer = self.image.value if layer is None else layer
         try:
-            model = self._load_model()
+            model = self.models.load()
             if layer is None:
                 raise ValueError("Choose an input image layer.")
             data = image_data(layer)
@@ -256,7 +187,7 @@ class TranslateWidget(Container):
             "layer": layer,
             "direction": direction,
             "model": model,
-            "source": self._model_source(),
+            "source": self.models.source,
             "layout": layout,
             "out_channels": out_channels,
         }
@@ -282,7 +213,7 @@ class TranslateWidget(Container):
         if self.is_running:
             return
         try:
-            model = self._load_model()
+            model = self.models.load()
             path = self.export_file.value
             if path is None or not str(path).strip():
                 raise ValueError("Choose the export file.")
@@ -327,7 +258,7 @@ class TranslateWidget(Container):
         except ValueError as error:
             show_error(str(error))
             return
-        self.last_layer = self._add_result(lazy, job)
+        self.last_layer = add_translation(self.viewer, lazy, job)
         self.status.value = f"added '{self.last_layer.name}' (lazy: planes computed when shown)"
 
     def cancel(self, _=None) -> None:
@@ -357,7 +288,7 @@ class TranslateWidget(Container):
         self.progress.value = step.done
         self.status.value = f"plane {step.done}/{step.total}"
         if step.result is not None:
-            self.last_layer = self._add_result(step.result, job)
+            self.last_layer = add_translation(self.viewer, step.result, job)
             self.status.value = f"added '{self.last_layer.name}'"
 
     def _on_finished(self) -> None:
@@ -369,53 +300,3 @@ class TranslateWidget(Container):
         self.run_button.enabled = not running
         self.export_button.enabled = not running
         self.cancel_button.enabled = running
-
-    def _add_result(self, result, job: dict):
-        """Add ``result`` as a new layer with the input's spatial metadata."""
-        layer, direction, model = job["layer"], job["direction"], job["model"]
-        result, rgb, dims = result_display(result, layer, job["layout"], job["out_channels"])
-        kwargs = {}
-        if dims is not None:
-            kwargs = {
-                name: tuple(getattr(layer, name)[d] for d in dims) for name in _SPATIAL_ATTRIBUTES
-            }
-        generator = "G" if direction == "AtoB" else "F"
-        arrow = "A→B" if direction == "AtoB" else "B→A"
-        metadata = {
-            OWN_LAYER_KEY: {
-                "model": job["source"],
-                "direction": direction,
-                "generator": generator,
-                "architecture": model.config.generator,
-                "steps": model.info.get("steps"),
-                "input_layer": layer.name,
-            }
-        }
-        return self.viewer.add_image(
-            result,
-            name=f"{layer.name} [{generator}: {arrow}]",
-            rgb=rgb,
-            metadata=metadata,
-            **kwargs,
-        )
-
-
-def result_display(result: np.ndarray, layer, layout, out_channels: int):
-    """How to show a translation of ``layer``: ``(array, rgb, dims)``.
-
-    Three output channels become an RGB layer (channels moved last). ``dims`` lists the
-    input layer's dimensions the result's layer dimensions correspond to (None when
-    they do not correspond), so scale, translate, axis labels and units carry over.
-    """
-    channel_axis = layout.channel_axis
-    # the input layer's own dimension holding the channels (RGB layers have none)
-    channel_dim = None if channel_axis is None or layer.rgb else channel_axis
-    kept = [d for d in range(layer.ndim) if d != channel_dim]
-    if out_channels == 3:
-        if channel_axis is not None and channel_axis != result.ndim - 1:
-            result = np.moveaxis(result, channel_axis, -1)
-        return result, True, kept
-    if out_channels == 1:
-        return result, False, kept
-    # other channel counts stay a channel axis of the layer
-    return result, False, (list(range(layer.ndim)) if channel_dim is not None else None)
