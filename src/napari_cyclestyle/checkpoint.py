@@ -244,7 +244,7 @@ class TrainingCheckpoint:
                 raise TypeError("pools is not a list with a pool state per rank")
             return cls(
                 step=state["step"],
-                config=Config.from_json(state["config"]),
+                config=Config.from_json(state["config"], stored=True),
                 norm_a=IntensityNorm.from_dict(json.loads(state["norm_a"])),
                 norm_b=IntensityNorm.from_dict(json.loads(state["norm_b"])),
                 model={
@@ -303,7 +303,7 @@ def _check_settings(path: Path, state: dict[str, Any]) -> Config:
                 raise TypeError(f"{key} is a {type(state[key]).__name__}, not a {kind.__name__}")
         if state["step"] < 0:
             raise ValueError(f"step is {state['step']}")
-        config = Config.from_json(state["config"])
+        config = Config.from_json(state["config"], stored=True)
         parse_norm(json.loads(state["norm_a"]), config.model.channels_a, "norm_a")
         parse_norm(json.loads(state["norm_b"]), config.model.channels_b, "norm_b")
         torch.Generator().set_state(state["torch_rng"])

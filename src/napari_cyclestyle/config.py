@@ -24,6 +24,7 @@ from .choices import (
     PRECISIONS,
     UPSAMPLINGS,
 )
+from .presets import PAPER
 from .settings import (
     ConfigError,
     check_choice,
@@ -420,8 +421,12 @@ class Config:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Config:
+    def from_dict(cls, data: dict[str, Any], *, stored: bool = False) -> Config:
         """Build a configuration from nested dicts, validating every value.
+
+        ``stored``: the dicts come from a file this package wrote (a model file, a
+        checkpoint). A setting they lack predates that setting, so it takes the value
+        it had then (every method off: the paper's recipe), not today's default.
 
         Raises
         ------
@@ -435,19 +440,26 @@ class Config:
             raise ConfigError(
                 f"Unknown configuration section(s) {sorted(unknown)}; use 'model' and 'train'."
             )
+        sections = {section: data.get(section, {}) for section in ("model", "train")}
+        if stored:
+            sections = {
+                section: {**PAPER[section], **values} if isinstance(values, dict) else values
+                for section, values in sections.items()
+            }
         return cls(
-            model=_from_dict(ModelConfig, data.get("model", {}), "model"),
-            train=_from_dict(TrainConfig, data.get("train", {}), "train"),
+            model=_from_dict(ModelConfig, sections["model"], "model"),
+            train=_from_dict(TrainConfig, sections["train"], "train"),
         )
 
     @classmethod
-    def from_json(cls, text: str) -> Config:
-        """Parse a JSON string written by :meth:`to_json`."""
+    def from_json(cls, text: str, *, stored: bool = False) -> Config:
+        """Parse a JSON string written by :meth:`to_json` (``stored``: see
+        :meth:`from_dict`)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ConfigError(f"The configuration is not valid JSON: {error}") from error
-        return cls.from_dict(data)
+        return cls.from_dict(data, stored=stored)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:

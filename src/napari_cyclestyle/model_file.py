@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import Config, ConfigError, ModelConfig
 from .files import atomic_write_bytes
 from .intensity import IntensityNorm
 from .model import CycleStyleModel, build_discriminators, build_generators
@@ -195,7 +195,7 @@ def _parse_description(
             )
         if not isinstance(header.get("model"), dict):
             raise TypeError("the 'model' entry must be a JSON object")
-        config = ModelConfig(**header["model"])
+        config = Config.from_dict({"model": header["model"]}, stored=True).model
         norm_a = parse_norm(header.get("norm_a"), config.channels_a, "norm_a")
         norm_b = parse_norm(header.get("norm_b"), config.channels_b, "norm_b")
         info = header.get("info") or {}
