@@ -195,6 +195,25 @@ def test_ctrl_c_saves_a_loadable_model_and_resume_continues(
     assert f"Done: model saved to {model}" in err
 
 
+def test_train_in_mode_cut_writes_a_model_that_refuses_b_to_a(domains, tmp_path, capsys):
+    model = tmp_path / "cut.safetensors"
+    argv = ["train", "--domain-a", str(domains[0]), "--domain-b", str(domains[1]), *TINY]
+    argv += ["--steps", "2", "--decay-steps", "0", "--mode", "cut", "--nce-patches", "16"]
+    argv += ["--output", str(model), "--preview-dir", str(tmp_path / "previews")]
+    assert main(argv) == EXIT_OK
+    progress = capsys.readouterr().err
+    assert "NCE_identity_B" in progress and "cycle_A" not in progress
+    assert load_model(model).generator_ba is None
+    # real A | G(A) alone: 32-pixel patches, a 4-pixel gap
+    assert iio.imread(tmp_path / "previews" / "preview_000002.png").shape == (32, 68, 3)
+    assert main(["info", str(model)]) == EXIT_OK
+    assert "not available: F (B → A): the model was trained one-sided" in capsys.readouterr().out
+    source = str(domains[0] / "image0.tif")
+    assert main(["translate", str(model), source, "-d", "BtoA", "-o", str(tmp_path)]) == EXIT_ERROR
+    line = one_error_line(capsys.readouterr().err.split("\r")[-1])
+    assert "no BtoA generator (F)" in line and "one-sided" in line and "AtoB" in line
+
+
 def test_translate_folder_keeps_uint16_tiffs(trained, domains, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["translate", str(trained), str(domains[0]), "--output", str(out)]) == EXIT_OK
@@ -393,6 +412,8 @@ def test_method_flags_and_the_paper_preset_reach_the_settings(domains, tmp_path,
     assert main(["train", "--help"]) == EXIT_OK
     out = capsys.readouterr().out
     for flag in ("--ema-decay", "--upsampling", "--spectral-norm", "--lambda-r1", "--preset"):
+        assert flag in out
+    for flag in ("--mode", "--lambda-nce"):
         assert flag in out
     base = ["train", "--domain-a", str(domains[0]), "--domain-b", str(domains[1]), *TINY]
     base += ["--steps", "1", "--decay-steps", "0", "--output", str(tmp_path / "m.safetensors")]

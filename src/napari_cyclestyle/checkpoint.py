@@ -2,9 +2,10 @@
 
 A checkpoint is a torch file of tensors and plain values only (it loads with
 ``weights_only=True``, running no code): the step reached, the configuration, both
-domains' normalisations, the four networks with their optimisers and loss scale, the
-generators' weight averages (with ``ema_decay``), every patch stream's random state,
-each rank's history pools and torch's random states.
+domains' normalisations, the four networks (a one-sided run's two: G and D_B) with
+their optimisers and loss scale, the generators' weight averages (with ``ema_decay``),
+PatchNCE's heads, every patch stream's random state, each rank's history pools and
+torch's random states.
 :class:`TrainingCheckpoint` gathers it from a run, writes it, reads it back, validates
 it and restores it into a run; nothing read from a file is trusted.
 """
@@ -191,8 +192,9 @@ class TrainingCheckpoint:
     def load(cls, path: str | os.PathLike) -> TrainingCheckpoint:
         """Read and validate a checkpoint, executing no code.
 
-        Its configuration, normalisations and random states are validated, and the four
-        networks' weights are checked against the networks the configuration describes.
+        Its configuration, normalisations and random states are validated, and the
+        networks' weights (the four, or a one-sided mode's G and D_B) are checked against
+        the networks the configuration describes.
 
         Raises
         ------
@@ -203,15 +205,16 @@ class TrainingCheckpoint:
         state = _read(path)
         config = _check_settings(path, state)
         described = described_networks(path, config.model, discriminators=True)
-        for name, network in described.items():
+        trained = config.train.network_names
+        for name in trained:
             if not isinstance(state["networks"].get(name), Mapping):
                 raise ModelFileError(f"{path}: a damaged training checkpoint (no {name} weights).")
-            check_state(network, state["networks"][name], f"{path} ({name})")
+            check_state(described[name], state["networks"][name], f"{path} ({name})")
         averages = state.get("ema") or {}
         if not isinstance(averages, Mapping):
             raise ModelFileError(f"{path}: a damaged training checkpoint (ema is not a dict).")
         for name, average in averages.items():
-            if name not in ("G", "F") or not isinstance(average, Mapping):
+            if name not in ("G", "F") or name not in trained or not isinstance(average, Mapping):
                 raise ModelFileError(f"{path}: a damaged training checkpoint (ema {name!r}).")
             if not isinstance(average.get("updates"), int) or not isinstance(
                 average.get("weights"), Mapping

@@ -17,6 +17,9 @@ GENERATORS: tuple[str, ...] = (
 DISCRIMINATORS: tuple[str, ...] = ("basic", "n_layers", "pixel")
 NORMS: tuple[str, ...] = ("instance", "batch", "none")
 GAN_MODES: tuple[str, ...] = ("lsgan", "vanilla", "hinge")
+# What a run trains (see TrainConfig.mode): CycleGAN's two directions with the cycle, or
+# CUT's and FastCUT's one direction (G and D_B) with PatchNCE instead.
+MODES: tuple[str, ...] = ("cyclegan", "cut", "fastcut")
 # How the generators up-sample (see networks.layers.upsampling_layers).
 UPSAMPLINGS: tuple[str, ...] = ("transposed", "resize")
 # The differentiable augmentations a DiffAugment policy may combine (see augment.py).

@@ -20,6 +20,7 @@ from .choices import (
     DISCRIMINATORS,
     GAN_MODES,
     GENERATORS,
+    MODES,
     NORMS,
     PRECISIONS,
     UPSAMPLINGS,
@@ -36,6 +37,10 @@ from .settings import (
 )
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "TrainConfig", "settings"]
+
+# The PatchNCE weight each one-sided mode trains with when lambda_nce is 0: the CUT
+# paper's (Park et al. 2020), 1 for CUT and 10 for FastCUT.
+MODE_NCE_WEIGHTS = {"cut": 1.0, "fastcut": 10.0}
 
 
 @dataclass
@@ -124,7 +129,7 @@ class TrainConfig:
         Weights of ‖F(G(a)) − a‖₁ and ‖G(F(b)) − b‖₁.
     lambda_identity : float
         Identity loss weight, relative to the cycle weights (paper: 0.5). Used only
-        when both domains have the same channel count.
+        when both domains have the same channel count, and not in a one-sided ``mode``.
     pool_size : int
         Size of the history pool of generated images shown to the discriminators
         (0 turns the pool off).
@@ -185,12 +190,27 @@ class TrainConfig:
         DiffAugment policy (Zhao et al. 2020): a comma-separated subset of ``color``,
         ``translation`` and ``cutout`` ("": off). Real and generated images are
         augmented alike, differentiably, before every discriminator call.
+    mode : str
+        What the run trains. ``cyclegan`` (the default): G and F, D_A and D_B, with the
+        cycle and identity losses. ``cut`` (CUT, Park et al. 2020): G and D_B alone,
+        without F, D_A or a cycle; G's loss is its adversarial loss plus PatchNCE of
+        ``a → G(a)`` (``NCE_A``) and, as an identity term, of ``b → G(b)``
+        (``NCE_identity_B``), averaged as the authors' code does: ``λ_NCE · (NCE(a,
+        G(a)) + NCE(b, G(b))) / 2``. ``fastcut``: the same without the identity term
+        (FastCUT's flip-equivariance term is not implemented). A one-sided run's model
+        file holds G alone: it translates A→B only. It needs both domains to have the
+        same channel count and a resnet or encoder_decoder generator; ``lambda_nce`` 0
+        stands for the mode's own weight (cut 1, fastcut 10); the cycle and identity
+        weights are unused and ``lambda_structure`` applies to G alone. The history
+        pool follows ``pool_size``: CUT trains without one (``pool_size=0``, as
+        ``presets.CUT`` and ``train --preset cut`` set).
     lambda_nce : float
         Weight of CUT's PatchNCE loss (Park et al. 2020) for G and F, beside the cycle
         loss (0: off): each generator's encoder embeds its input and its output, and
         each output patch must match the input patch at its place rather than other
         patches of the image. Needs domains with the same channel count and a resnet
-        or encoder_decoder generator. (CUT's one-sided mode is not implemented.)
+        or encoder_decoder generator. In the one-sided modes (``mode``) it is G's
+        PatchNCE weight, and 0 means the mode's (cut 1, fastcut 10).
     nce_layers : str
         Comma-separated indices of the generator's encoder layers PatchNCE reads
         ("": CUT's 0, 4, 8, 12, 16, those the encoder has).
@@ -208,8 +228,9 @@ class TrainConfig:
         With validation data, also write ``<name>.best.safetensors`` whenever
         ``best_metric`` reaches its best value so far.
     best_metric : str
-        ``auto`` (``ssim`` with paired validation data, else ``cycle``), ``cycle``
-        (lowest mean cycle error), ``realism`` (highest mean realism), ``psnr`` or
+        ``auto`` (``ssim`` with paired validation data, else ``cycle``, or ``realism``
+        in a one-sided ``mode``), ``cycle`` (lowest mean cycle error; not in a one-sided
+        mode, which has no cycle), ``realism`` (highest mean realism), ``psnr`` or
         ``ssim`` (highest, paired data only).
     health_watch : bool
         Watch the losses and validation measures for a failing training and warn,
@@ -284,9 +305,18 @@ class TrainConfig:
     diff_augment: str = setting(
         "", "DiffAugment policy: comma-separated color, translation, cutout (empty: off)"
     )
+    mode: str = setting(
+        "cyclegan",
+        "what to train: cyclegan = G and F with the cycle loss; cut = G and D_B alone "
+        "with PatchNCE on A and on B (identity), no F (the model translates A to B only); "
+        "fastcut = cut without the identity term. cut and fastcut need equal channel "
+        "counts",
+        choices=MODES,
+    )
     lambda_nce: float = setting(
         0.0,
-        "weight of CUT's PatchNCE loss beside the cycle loss (0: off; needs equal channel "
+        "weight of CUT's PatchNCE loss beside the cycle loss (0: off; in mode cut or "
+        "fastcut G's PatchNCE weight, 0 meaning the mode's: 1 or 10; needs equal channel "
         "counts and a resnet or encoder_decoder generator)",
         bounds=(0, 1000),
     )
@@ -382,11 +412,35 @@ class TrainConfig:
             ) from error
         if any(index < 0 for index in layers):
             raise ConfigError(f"nce_layers must be indices >= 0, got {self.nce_layers!r}.")
+        if self.one_sided and self.best_metric == "cycle":
+            raise ConfigError(
+                f"best_metric='cycle' needs F to close the cycle, which mode={self.mode!r} "
+                "does not train; choose best_metric 'auto' or 'realism' (or 'psnr'/'ssim' "
+                "with paired validation data), or mode 'cyclegan'."
+            )
 
     @property
     def total_steps(self) -> int:
         """All steps of the run: constant phase plus decay phase."""
         return self.n_steps + self.n_steps_decay
+
+    @property
+    def one_sided(self) -> bool:
+        """Whether the mode trains G and D_B alone (``cut``, ``fastcut``): no F, no cycle."""
+        return self.mode != "cyclegan"
+
+    @property
+    def network_names(self) -> tuple[str, ...]:
+        """The networks the mode trains, by the names checkpoints use."""
+        return ("G", "D_B") if self.one_sided else ("G", "F", "D_A", "D_B")
+
+    @property
+    def nce_weight(self) -> float:
+        """The PatchNCE weight in use: ``lambda_nce``, or in a one-sided mode with
+        ``lambda_nce`` 0 the mode's own (:data:`MODE_NCE_WEIGHTS`)."""
+        if self.one_sided and not self.lambda_nce:
+            return MODE_NCE_WEIGHTS[self.mode]
+        return self.lambda_nce
 
     @property
     def nce_layer_indices(self) -> tuple[int, ...]:
@@ -411,6 +465,7 @@ class Config:
             self.model = _from_dict(ModelConfig, self.model, "model")
         if isinstance(self.train, dict):
             self.train = _from_dict(TrainConfig, self.train, "train")
+        check_nce_channels(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as nested plain dicts."""
@@ -483,6 +538,33 @@ class Config:
             return parse(argument)
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from error
+
+
+def check_nce_channels(config: Config) -> None:
+    """Refuse PatchNCE between domains with different channel counts: a generator's
+    encoder embeds its output (and in mode ``cut`` G(b)) as it embeds its input.
+
+    Raises
+    ------
+    ConfigError
+        Naming the mode, the channel counts and what to do instead.
+    """
+    model, train = config.model, config.train
+    if not train.nce_weight or model.channels_a == model.channels_b:
+        return
+    counts = f"(A has {model.channels_a}, B {model.channels_b})"
+    if train.one_sided:
+        raise ConfigError(
+            f"mode={train.mode!r} trains G alone with PatchNCE (lambda_nce), which embeds "
+            f"G's output with G's own encoder, so both domains need the same channel count "
+            f"{counts}; train with mode 'cyclegan' (lambda_structure keeps content between "
+            "any counts), or give domains with equal channel counts."
+        )
+    raise ConfigError(
+        f"PatchNCE (lambda_nce) embeds a generator's output with its own encoder, so both "
+        f"domains need the same channel count {counts}; set lambda_nce to 0 "
+        "(lambda_structure keeps content between any counts)."
+    )
 
 
 def _from_dict(kind: type, data: Any, section: str) -> Any:

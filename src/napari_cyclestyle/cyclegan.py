@@ -2,7 +2,9 @@
 
 :class:`CycleGAN` owns one optimisation step (:meth:`CycleGAN.training_step`, the
 reference implementation's ``optimize_parameters``) and the state a checkpoint keeps of
-it (:meth:`CycleGAN.state_dict`). The optional methods' terms and their state belong to
+it (:meth:`CycleGAN.state_dict`). In a one-sided mode (``TrainConfig.mode`` cut or
+fastcut: CUT, Park et al. 2020) it trains G and D_B alone, with PatchNCE instead of the
+cycle. The optional methods' terms and their state belong to
 :class:`napari_cyclestyle.methods.CycleGANTerms`; the loop around the step (sampling,
 schedule, events, saving) is :mod:`napari_cyclestyle.trainer`.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +25,14 @@ from .config import Config, TrainConfig
 from .devices import ieee_float32, is_out_of_memory
 from .distributed import DistributedContext, wrap
 from .losses import GANLoss, ImagePool, cycle_loss
-from .methods import NCE_LOSS_NAMES, R1_LOSS_NAMES, STRUCTURE_LOSS_NAMES, CycleGANTerms
-from .model import build_discriminators, build_generators
+from .methods import (
+    NCE_IDENTITY_LOSS_NAME,
+    NCE_LOSS_NAMES,
+    R1_LOSS_NAMES,
+    STRUCTURE_LOSS_NAMES,
+    CycleGANTerms,
+)
+from .model import build_network
 from .networks import init_weights
 
 # Every loss the step computes; events, logs and model provenance follow this list.
@@ -39,10 +47,15 @@ LOSS_NAMES = (
     "D_B",
 )
 _GENERATOR_LOSSES = LOSS_NAMES[:6]
+# A one-sided run's (mode cut or fastcut: G and D_B alone); PatchNCE's terms, which it
+# always has, come with the methods' (NCE_A, and in mode cut NCE_identity_B).
+ONE_SIDED_LOSS_NAMES = ("G_adversarial", "D_B")
 # The optional methods' loss names (issue 19) are methods.py's, and importable from here.
 __all__ = [
     "LOSS_NAMES",
+    "NCE_IDENTITY_LOSS_NAME",
     "NCE_LOSS_NAMES",
+    "ONE_SIDED_LOSS_NAMES",
     "R1_LOSS_NAMES",
     "STRUCTURE_LOSS_NAMES",
     "CycleGAN",
@@ -79,21 +92,36 @@ class _CompiledOrEager:
 
 @dataclass
 class Networks:
-    """The four networks, as built (their state dicts are what files hold)."""
+    """The networks, as built (their state dicts are what files hold): all four, or in a
+    one-sided run (``mode`` cut or fastcut) G and D_B, with F and D_A None."""
 
     generator_ab: nn.Module
-    generator_ba: nn.Module
-    discriminator_a: nn.Module
+    generator_ba: nn.Module | None
+    discriminator_a: nn.Module | None
     discriminator_b: nn.Module
 
+    @classmethod
+    def from_named(cls, named: Mapping[str, Any]) -> Networks:
+        """The networks of a :meth:`named` mapping (F and D_A may be missing)."""
+        return cls(named["G"], named.get("F"), named.get("D_A"), named["D_B"])
+
     def named(self) -> dict[str, nn.Module]:
-        """Networks by the names checkpoints use."""
-        return {
+        """The networks the run has, by the names checkpoints use."""
+        found = {
             "G": self.generator_ab,
             "F": self.generator_ba,
             "D_A": self.discriminator_a,
             "D_B": self.discriminator_b,
         }
+        return {name: network for name, network in found.items() if network is not None}
+
+    def generators(self) -> list[nn.Module]:
+        """G, and F when the run has it."""
+        return [n for n in (self.generator_ab, self.generator_ba) if n is not None]
+
+    def discriminators(self) -> list[nn.Module]:
+        """D_A when the run has it, and D_B."""
+        return [n for n in (self.discriminator_a, self.discriminator_b) if n is not None]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -118,9 +146,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def _build_networks(
     config: Config, device: torch.device, state: dict[str, dict[str, torch.Tensor]] | None
 ) -> Networks:
-    """The four networks, initialised (or loaded from ``state``), on ``device``."""
+    """The networks of the mode, initialised (or loaded from ``state``), on ``device``."""
     train, model = config.train, config.model
-    networks = Networks(*build_generators(model), *build_discriminators(model))
+    networks = Networks.from_named(
+        {name: build_network(model, name) for name in train.network_names}
+    )
     for network in networks.named().values():
         init_weights(network)
         network.to(device).train()
@@ -146,11 +176,12 @@ def _called_networks(
             name: _CompiledOrEager(network, name) if name in compiled else network
             for name, network in called.items()
         }
-    return Networks(*called.values())
+    return Networks.from_named(called)
 
 
 class CycleGAN:
-    """G (A→B), F (B→A), D_A and D_B with their optimisers, losses and history pools.
+    """G (A→B), F (B→A), D_A and D_B with their optimisers, losses and history pools; in
+    a one-sided mode (``mode`` cut or fastcut) G and D_B alone.
 
     Parameters
     ----------
@@ -161,13 +192,17 @@ class CycleGAN:
     context : DistributedContext
         This process's place in a ``torchrun`` run (one process: rank 0 of 1).
     networks : dict, optional
-        State dicts of ``G``, ``F``, ``D_A`` and ``D_B`` to start from (a checkpoint's),
-        loaded before the networks are wrapped for distribution or compiled.
+        State dicts of ``G``, ``F``, ``D_A`` and ``D_B`` (one-sided: ``G`` and ``D_B``)
+        to start from (a checkpoint's), loaded before the networks are wrapped for
+        distribution or compiled.
 
     Raises
     ------
     ValueError
         For a precision the device cannot train in.
+    ConfigError
+        For PatchNCE (``lambda_nce``, a one-sided mode) with unequal channel counts or a
+        generator it cannot read.
     """
 
     def __init__(
@@ -185,26 +220,31 @@ class CycleGAN:
         self.networks = _build_networks(config, device, networks)
         self._called = _called_networks(self.networks, train, context, device)
         self.batched_forward = train.batched_forward and model.norm != "batch"
-        self.use_identity = train.lambda_identity > 0 and model.channels_a == model.channels_b
+        self.use_identity = (
+            not train.one_sided
+            and train.lambda_identity > 0
+            and model.channels_a == model.channels_b
+        )
         self.precision = resolve_precision(train.precision, device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         # The optional methods: weight averages (what the model file and previews show),
         # PatchNCE's heads (trained with the generators), structure, R1, DiffAugment.
         self.terms = CycleGANTerms(config, self.networks, device)
-        self.loss_names = LOSS_NAMES + self.terms.loss_names
+        own = ONE_SIDED_LOSS_NAMES if train.one_sided else LOSS_NAMES
+        self.loss_names = own + self.terms.loss_names
         heads = self.terms.head_parameters()
         raw = self.networks
         fused = device.type in ("cpu", "cuda")
         betas = (train.beta1, train.beta2)
         self.optimizer_g = torch.optim.Adam(
-            [*raw.generator_ab.parameters(), *raw.generator_ba.parameters(), *heads],
+            [*(p for network in raw.generators() for p in network.parameters()), *heads],
             train.learning_rate,
             betas,
             fused=fused,
         )
         self.optimizer_d = torch.optim.Adam(
-            [*raw.discriminator_a.parameters(), *raw.discriminator_b.parameters()],
+            [p for network in raw.discriminators() for p in network.parameters()],
             train.learning_rate,
             betas,
             fused=fused,
@@ -234,8 +274,9 @@ class CycleGAN:
         Returns
         -------
         dict
-            Every loss of :attr:`loss_names` (:data:`LOSS_NAMES` and those of the
-            methods in use) as a detached 0-d tensor on the device
+            Every loss of :attr:`loss_names` (:data:`LOSS_NAMES`, or one-sided
+            :data:`ONE_SIDED_LOSS_NAMES`, and those of the methods in use) as a detached
+            0-d tensor on the device
             (reading them back is a host sync: the trainer does it every few steps).
         """
         self.updates += 1
@@ -244,7 +285,6 @@ class CycleGAN:
 
     def _step(self, real_a, real_b, learning_rate: float) -> dict[str, torch.Tensor]:
         n, raw = self._called, self.networks
-        train = self.config.train
         for optimizer in (self.optimizer_g, self.optimizer_d):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate
@@ -252,63 +292,88 @@ class CycleGAN:
             self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         )
 
-        # Generators: fool the discriminators, close both cycles, keep identities.
-        # The discriminators are frozen and called unwrapped: no gradient of theirs to sync.
-        for network in (raw.discriminator_a, raw.discriminator_b):
+        # Generators: fool the discriminators, close both cycles, keep identities (one-sided:
+        # G fools D_B, and PatchNCE keeps content). The discriminators are frozen and
+        # called unwrapped: no gradient of theirs to sync.
+        for network in raw.discriminators():
             network.requires_grad_(False)
         with autocast:
-            out = self._generate(real_a, real_b)
-            losses: dict[str, torch.Tensor] = {}
-            if self.use_identity:
-                weight = train.lambda_identity
-                losses["identity_A"] = (
-                    cycle_loss(out["idt_A"], real_a) * train.lambda_cycle_a * weight
-                )
-                losses["identity_B"] = (
-                    cycle_loss(out["idt_B"], real_b) * train.lambda_cycle_b * weight
-                )
-            else:
-                losses["identity_A"] = losses["identity_B"] = real_a.new_zeros(())
-            for name, network, fake in (
-                ("G_adversarial", raw.discriminator_b, out["fake_B"]),
-                ("F_adversarial", raw.discriminator_a, out["fake_A"]),
-            ):
-                judged = network(self.terms.augment(fake))
-                losses[name] = self.gan_loss(judged, True, for_discriminator=False)
-            losses["cycle_A"] = cycle_loss(out["rec_A"], real_a) * train.lambda_cycle_a
-            losses["cycle_B"] = cycle_loss(out["rec_B"], real_b) * train.lambda_cycle_b
-            names = _GENERATOR_LOSSES + self.terms.add_generator_terms(
-                losses, raw, real_a, real_b, out
-            )
+            out, losses, names = self._generator_losses(real_a, real_b)
+            names += self.terms.add_generator_terms(losses, raw, real_a, real_b, out)
             generator_total = sum(losses[name] for name in names)
         self.optimizer_g.zero_grad(set_to_none=True)
         self._backward_and_step(generator_total, self.optimizer_g)
         self.terms.update_averages(self.networks)
 
         # Discriminators: real images against a history of fakes (and R1 on the reals).
-        for network in (raw.discriminator_a, raw.discriminator_b):
+        for network in raw.discriminators():
             network.requires_grad_(True)
         with_r1 = self.terms.r1_due(self.updates)
+        judged = (
+            ("D_A", "R1_A", n.discriminator_a, real_a, "fake_A", self.pool_a),
+            ("D_B", "R1_B", n.discriminator_b, real_b, "fake_B", self.pool_b),
+        )
+        judged = [entry for entry in judged if entry[2] is not None]  # one-sided: no D_A
         with autocast:
-            for name, r1_name, network, real, fake, pool in (
-                ("D_A", "R1_A", n.discriminator_a, real_a, out["fake_A"], self.pool_a),
-                ("D_B", "R1_B", n.discriminator_b, real_b, out["fake_B"], self.pool_b),
-            ):
+            for name, r1_name, network, real, fake, pool in judged:
                 if with_r1:
                     real = real.detach().requires_grad_(True)
                 on_real, on_fake = self._discriminate(
-                    network, self.terms.augment(real), self.terms.augment(pool.query(fake))
+                    network, self.terms.augment(real), self.terms.augment(pool.query(out[fake]))
                 )
                 losses[name] = 0.5 * (self.gan_loss(on_real, True) + self.gan_loss(on_fake, False))
                 self.terms.add_r1(losses, r1_name, on_real, real, with_r1)
-        discriminator_total = losses["D_A"] + losses["D_B"]
-        if with_r1:
-            discriminator_total = discriminator_total + losses["R1_A"] + losses["R1_B"]
+        names = [entry[0] for entry in judged] + [entry[1] for entry in judged if with_r1]
+        discriminator_total = sum(losses[name] for name in names)
         self.optimizer_d.zero_grad(set_to_none=True)
         self._backward_and_step(discriminator_total, self.optimizer_d)
         if self.scaler is not None:
             self.scaler.update()
         return {name: losses[name].detach() for name in self.loss_names}
+
+    def _generator_losses(
+        self, real_a: torch.Tensor, real_b: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], tuple[str, ...]]:
+        """The generators' outputs, their own losses and the names of those summed:
+        CycleGAN's adversarial, cycle and identity losses, or in a one-sided mode G's
+        adversarial loss (PatchNCE and the other methods' terms are added after)."""
+        train, raw = self.config.train, self.networks
+        if train.one_sided:
+            out = self._generate_one_sided(real_a, real_b)
+            judged = raw.discriminator_b(self.terms.augment(out["fake_B"]))
+            losses = {"G_adversarial": self.gan_loss(judged, True, for_discriminator=False)}
+            return out, losses, ("G_adversarial",)
+        out = self._generate(real_a, real_b)
+        losses: dict[str, torch.Tensor] = {}
+        if self.use_identity:
+            weight = train.lambda_identity
+            losses["identity_A"] = cycle_loss(out["idt_A"], real_a) * train.lambda_cycle_a * weight
+            losses["identity_B"] = cycle_loss(out["idt_B"], real_b) * train.lambda_cycle_b * weight
+        else:
+            losses["identity_A"] = losses["identity_B"] = real_a.new_zeros(())
+        for name, network, fake in (
+            ("G_adversarial", raw.discriminator_b, out["fake_B"]),
+            ("F_adversarial", raw.discriminator_a, out["fake_A"]),
+        ):
+            judged = network(self.terms.augment(fake))
+            losses[name] = self.gan_loss(judged, True, for_discriminator=False)
+        losses["cycle_A"] = cycle_loss(out["rec_A"], real_a) * train.lambda_cycle_a
+        losses["cycle_B"] = cycle_loss(out["rec_B"], real_b) * train.lambda_cycle_b
+        return out, losses, _GENERATOR_LOSSES
+
+    def _generate_one_sided(
+        self, real_a: torch.Tensor, real_b: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """fake_B = G(a) and, in mode cut, idt_B = G(b) for PatchNCE's identity term (one
+        call of G on both with ``batched_forward``, as CUT's code does)."""
+        generator = self._called.generator_ab
+        if self.config.train.mode != "cut":
+            return {"fake_B": generator(real_a)}
+        if self.batched_forward:
+            fake_b, idt_b = generator(torch.cat([real_a, real_b])).split(len(real_a))
+        else:
+            fake_b, idt_b = generator(real_a), generator(real_b)
+        return {"fake_B": fake_b, "idt_B": idt_b}
 
     def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """fake_B = G(a), rec_A = F(G(a)), fake_A = F(b), rec_B = G(F(b)) and identities.
@@ -354,51 +419,67 @@ class CycleGAN:
 
     @property
     def averages(self) -> dict:
-        """G's and F's weight averages by name (``ema_decay``), else empty."""
+        """G's and F's weight averages by name (``ema_decay``; G's alone without F), else
+        empty."""
         return self.terms.averages
 
     # ------------------------------------------------------------------ outputs
-    def shown_generators(self) -> tuple[nn.Module, nn.Module]:
-        """``G`` and ``F`` as the model file and previews show them: the weight
-        averages with ``ema_decay``, else the networks being trained."""
-        if averages := self.terms.averages:
-            return averages["G"].network, averages["F"].network
-        return self.networks.generator_ab, self.networks.generator_ba
+    def shown_generators(self) -> tuple[nn.Module, nn.Module | None]:
+        """``G`` and ``F`` (None in a one-sided run) as the model file and previews show
+        them: the weight averages with ``ema_decay``, else the networks being trained."""
+        averages = self.terms.averages
+        return tuple(
+            averages[name].network if name in averages else network
+            for name, network in (
+                ("G", self.networks.generator_ab),
+                ("F", self.networks.generator_ba),
+            )
+        )
 
     @torch.inference_mode()
-    def preview(self, real_a: torch.Tensor, real_b: torch.Tensor) -> tuple[np.ndarray, ...]:
-        """``G(real_a)[0]`` and ``F(real_b)[0]`` as float32 ``(C, Y, X)`` arrays (by the
-        weight averages with ``ema_decay``)."""
+    def preview(
+        self, real_a: torch.Tensor, real_b: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``G(real_a)[0]`` and ``F(real_b)[0]`` (None without F) as float32 ``(C, Y, X)``
+        arrays (by the weight averages with ``ema_decay``)."""
         fakes = []
         for network, real in zip(self.shown_generators(), (real_a, real_b), strict=True):
+            if network is None:
+                fakes.append(None)
+                continue
             training = network.training
             network.eval()
             fakes.append(network(real.to(self.device)).float().cpu().numpy()[0])
             network.train(training)
         return tuple(fakes)
 
-    def generators(self) -> tuple[nn.Module, nn.Module]:
-        """Copies of ``G`` and ``F`` as they are now (the weight averages with
-        ``ema_decay``), on the CPU and in eval mode.
+    def generators(self) -> tuple[nn.Module, nn.Module | None]:
+        """Copies of ``G`` and ``F`` (None in a one-sided run) as they are now (the
+        weight averages with ``ema_decay``), on the CPU and in eval mode.
 
         Building them draws no number from torch's random stream that training uses
         (their initial weights are overwritten anyway), so saving a model mid-run, as
         the best model is, leaves the training as it would have been.
         """
-        with torch.random.fork_rng(devices=[]):
-            copies = build_generators(self.config.model)
-        for copy, network in zip(copies, self.shown_generators(), strict=True):
+        copies = []
+        for name, network in zip(("G", "F"), self.shown_generators(), strict=True):
+            if network is None:
+                copies.append(None)
+                continue
+            with torch.random.fork_rng(devices=[]):
+                copy = build_network(self.config.model, name)
             copy.load_state_dict(network.state_dict())
-            copy.eval()
-        return copies
+            copies.append(copy.eval())
+        return tuple(copies)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the model being trained, the same on every rank:
-        ``networks`` (by name), ``optimizer_g``, ``optimizer_d``, ``grad_scaler``
-        (fp16's loss scale, learnt over the steps so far; empty in other precisions) and,
-        with ``ema_decay``, ``ema`` (the weight averages of G and F by name), with
-        ``lambda_nce``, ``nce_heads`` (PatchNCE's heads of G and F by name)."""
+        ``networks`` (by name: those the mode trains), ``optimizer_g``, ``optimizer_d``,
+        ``grad_scaler`` (fp16's loss scale, learnt over the steps so far; empty in other
+        precisions) and, with ``ema_decay``, ``ema`` (the weight averages of G and F by
+        name), with PatchNCE (``lambda_nce``, a one-sided mode), ``nce_heads``
+        (PatchNCE's heads of G and F by name; G's alone without F)."""
         state = {
             "networks": {
                 name: network.state_dict() for name, network in self.networks.named().items()

@@ -346,8 +346,8 @@ def run_settings(
     Raises
     ------
     ValueError
-        If the channels do not match the checkpoint's, or ``crop_size`` does not suit
-        the generator.
+        If the channels or the mode do not match the checkpoint's, or ``crop_size`` does
+        not suit the generator.
     """
     from .networks import size_multiple  # imports torch
 
@@ -359,6 +359,12 @@ def run_settings(
         saved = checkpoint.config
         config = Config(model=saved.model, train=(config or saved).train)
         norm_a, norm_b = checkpoint.norm_a, checkpoint.norm_b
+        if config.train.mode != saved.train.mode:
+            raise ValueError(
+                f"The checkpoint {resume} was trained in mode {saved.train.mode!r}, which "
+                f"has other networks than mode {config.train.mode!r}: resume in mode "
+                f"{saved.train.mode!r}, or start a new run."
+            )
     if not isinstance(domain_a, Domain):
         domain_a = Domain(domain_a, "A", channel_axes[0], norm_a)
     if not isinstance(domain_b, Domain):

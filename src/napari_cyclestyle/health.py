@@ -12,7 +12,9 @@
   (bright becomes dark);
 - ``cycle_spikes``: the cycle loss spikes again and again, each spike higher.
 
-A loss that becomes NaN or Inf stops training (``TrainingDiverged``), as before.
+In a one-sided run (``mode`` cut or fastcut: no F, D_A or cycle) the checks of what it
+lacks find nothing to read and stay silent. A loss that becomes NaN or Inf stops
+training (``TrainingDiverged``), as before.
 Torch-free: it only sees numbers.
 """
 

@@ -162,7 +162,9 @@ class RunJudge:
         self.config = config
         self.held_out = held_out
         self.best_path = best_path
-        self.best_metric = resolve_metric(config.train.best_metric, held_out.truth_b is not None)
+        self.best_metric = resolve_metric(
+            config.train.best_metric, held_out.truth_b is not None, config.train.one_sided
+        )
         self.record: dict[str, dict[str, float]] = {}
         self.health = HealthWatch(config.train.total_steps)
         self.validation_set: ValidationSet | None = None
@@ -217,7 +219,7 @@ class RunJudge:
         every = self.config.train.validation_every
         if self.validation_set is None or not (last or (every and step % every == 0)):
             return None
-        n = cyclegan.networks
+        n = cyclegan.networks  # a one-sided run has no F and no D_A: measure skips theirs
         return measure(  # the generators the model file holds (the averages with EMA)
             *cyclegan.shown_generators(),
             n.discriminator_a,

@@ -5,7 +5,8 @@
 PatchNCE (with its heads) in the generators' loss, R1 in the discriminators', DiffAugment
 on the discriminators' inputs, and the generators' weight averages (EMA). Each is off when
 its setting is (``lambda_structure``, ``lambda_nce``, ``lambda_r1``, ``diff_augment``,
-``ema_decay``).
+``ema_decay``), except PatchNCE in the one-sided modes (``mode`` cut and fastcut), where
+it is G's loss beside the adversarial one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from .augment import diff_augment
-from .config import Config
+from .config import Config, check_nce_channels
 from .ema import WeightAverage
 from .losses import r1_penalty, structure_loss
 from .patchnce import PatchNCE, choose_layers
@@ -24,12 +25,32 @@ from .patchnce import PatchNCE, choose_layers
 if TYPE_CHECKING:
     from .cyclegan import Networks
 
-__all__ = ["NCE_LOSS_NAMES", "R1_LOSS_NAMES", "STRUCTURE_LOSS_NAMES", "CycleGANTerms"]
+__all__ = [
+    "NCE_IDENTITY_LOSS_NAME",
+    "NCE_LOSS_NAMES",
+    "R1_LOSS_NAMES",
+    "STRUCTURE_LOSS_NAMES",
+    "CycleGANTerms",
+]
 
-# The losses of the optional methods, present when their weight is not 0.
+# The losses of the optional methods, present when their weight is not 0 (a one-sided
+# run, without F and D_A, has only G's and D_B's: structure_A, R1_B, NCE_A).
 STRUCTURE_LOSS_NAMES = ("structure_A", "structure_B")
 R1_LOSS_NAMES = ("R1_A", "R1_B")
 NCE_LOSS_NAMES = ("NCE_A", "NCE_B")
+# CUT's identity term (mode cut): G's PatchNCE of b → G(b).
+NCE_IDENTITY_LOSS_NAME = "NCE_identity_B"
+
+# The structure term per generator: its loss, the domain of its input, its output.
+_STRUCTURE_TERMS = (("structure_A", "A", "fake_B"), ("structure_B", "B", "fake_A"))
+# PatchNCE's terms per mode: loss, generator, the domain of its input, its output; and
+# the share of the weight each gets (CUT averages its two terms, as the authors' code).
+_NCE_TERMS = {
+    "cyclegan": (("NCE_A", "G", "A", "fake_B"), ("NCE_B", "F", "B", "fake_A")),
+    "cut": (("NCE_A", "G", "A", "fake_B"), (NCE_IDENTITY_LOSS_NAME, "G", "B", "idt_B")),
+    "fastcut": (("NCE_A", "G", "A", "fake_B"),),
+}
+_NCE_SHARE = {"cyclegan": 1.0, "cut": 0.5, "fastcut": 1.0}
 
 
 class CycleGANTerms:
@@ -40,7 +61,7 @@ class CycleGANTerms:
     config : Config
         The model and the training settings.
     networks : Networks
-        The four networks as built (on the device).
+        The networks as built (on the device); a one-sided run has no F and no D_A.
     device : torch.device
         Where PatchNCE's heads go.
 
@@ -48,50 +69,51 @@ class CycleGANTerms:
     ----------
     averages : dict
         G's and F's :class:`~napari_cyclestyle.ema.WeightAverage` by name (``ema_decay``
-        above 0), else empty.
+        above 0; G's alone without F), else empty.
     patch_nce : dict
-        PatchNCE of G and of F by name, with their heads (``lambda_nce`` above 0), else
-        empty.
+        PatchNCE of G and of F by name, with their heads (PatchNCE's weight above 0:
+        ``lambda_nce``, or any one-sided mode), else empty.
+    nce_weight : float
+        The weight of each PatchNCE term: the mode's (``TrainConfig.nce_weight``), halved
+        in mode cut, whose two terms are averaged.
     loss_names : tuple of str
         The losses the methods in use add.
 
     Raises
     ------
-    ValueError
+    ConfigError
         For PatchNCE between domains with different channel counts, or with a generator
         it cannot read.
     """
 
     def __init__(self, config: Config, networks: Networks, device: torch.device) -> None:
-        train, model = config.train, config.model
+        train = config.train
         self.train = train
+        generators = {
+            name: network for name, network in networks.named().items() if name in ("G", "F")
+        }
         self.averages = (
-            {
-                "G": WeightAverage(networks.generator_ab, train.ema_decay),
-                "F": WeightAverage(networks.generator_ba, train.ema_decay),
-            }
+            {name: WeightAverage(network, train.ema_decay) for name, network in generators.items()}
             if train.ema_decay > 0
             else {}
         )
         self.patch_nce: dict[str, PatchNCE] = {}
-        if train.lambda_nce:
-            if model.channels_a != model.channels_b:
-                raise ValueError(
-                    f"PatchNCE (lambda_nce) embeds a generator's output with its own "
-                    f"encoder, so both domains need the same channel count (A has "
-                    f"{model.channels_a}, B {model.channels_b}); lambda_structure keeps "
-                    "content between any counts."
-                )
+        self._nce_terms = _NCE_TERMS[train.mode] if train.nce_weight else ()
+        self.nce_weight = train.nce_weight * _NCE_SHARE[train.mode]
+        if self._nce_terms:
+            check_nce_channels(config)
             self.patch_nce = {
                 name: PatchNCE(
                     network, choose_layers(network, train.nce_layer_indices), train.nce_patches
                 ).to(device)
-                for name, network in (("G", networks.generator_ab), ("F", networks.generator_ba))
+                for name, network in generators.items()
             }
+        one_sided = train.one_sided
+        self._structure_terms = _STRUCTURE_TERMS[:1] if one_sided else _STRUCTURE_TERMS
         self.loss_names = (
-            (STRUCTURE_LOSS_NAMES if train.lambda_structure > 0 else ())
-            + (R1_LOSS_NAMES if train.lambda_r1 > 0 else ())
-            + (NCE_LOSS_NAMES if train.lambda_nce > 0 else ())
+            (tuple(term[0] for term in self._structure_terms) if train.lambda_structure else ())
+            + ((R1_LOSS_NAMES[1:] if one_sided else R1_LOSS_NAMES) if train.lambda_r1 else ())
+            + tuple(term[0] for term in self._nce_terms)
         )
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -113,19 +135,19 @@ class CycleGANTerms:
     ) -> tuple[str, ...]:
         """Add the structure and PatchNCE terms to ``losses``; return their names."""
         train, names = self.train, ()
+        reals = {"A": real_a, "B": real_b}
         if train.lambda_structure > 0:
             weight = train.lambda_structure
-            losses["structure_A"] = structure_loss(real_a, out["fake_B"]) * weight
-            losses["structure_B"] = structure_loss(real_b, out["fake_A"]) * weight
-            names += STRUCTURE_LOSS_NAMES
-        if self.patch_nce:
-            weight = train.lambda_nce
-            for name, key, network, real, fake in (
-                ("NCE_A", "G", networks.generator_ab, real_a, out["fake_B"]),
-                ("NCE_B", "F", networks.generator_ba, real_b, out["fake_A"]),
-            ):
-                losses[name] = self.patch_nce[key](network, real, fake) * weight
-            names += NCE_LOSS_NAMES
+            for name, source, output in self._structure_terms:
+                losses[name] = structure_loss(reals[source], out[output]) * weight
+                names += (name,)
+        named = networks.named()
+        for name, generator, source, output in self._nce_terms:
+            patch_nce = self.patch_nce[generator]
+            losses[name] = (
+                patch_nce(named[generator], reals[source], out[output]) * self.nce_weight
+            )
+            names += (name,)
         return names
 
     def update_averages(self, networks: Networks) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from .choices import MODES
 from .config import ModelConfig
 from .intensity import IntensityNorm
 from .networks import build_discriminator, build_generator
@@ -37,36 +38,39 @@ def parse_direction(direction: str) -> str:
     return _DIRECTION_ALIASES[key]
 
 
+def build_network(config: ModelConfig, name: str) -> nn.Module:
+    """Build untrained network ``name`` for ``config``: ``G`` (A→B), ``F`` (B→A), ``D_A``
+    or ``D_B``."""
+    if name in ("G", "F"):
+        channels = (config.channels_a, config.channels_b)
+        source, target = channels if name == "G" else channels[::-1]
+        return build_generator(
+            config.generator,
+            source,
+            target,
+            ngf=config.ngf,
+            norm=config.norm,
+            dropout=config.dropout,
+            upsampling=config.upsampling,
+        )
+    return build_discriminator(
+        config.discriminator,
+        config.channels_a if name == "D_A" else config.channels_b,
+        config.ndf,
+        config.n_layers_discriminator,
+        config.norm,
+        spectral_norm=config.spectral_norm,
+    )
+
+
 def build_generators(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """Build untrained ``G`` (A→B) and ``F`` (B→A) for ``config``."""
-    kwargs = {
-        "ngf": config.ngf,
-        "norm": config.norm,
-        "dropout": config.dropout,
-        "upsampling": config.upsampling,
-    }
-    generator_ab = build_generator(
-        config.generator, config.channels_a, config.channels_b, **kwargs
-    )
-    generator_ba = build_generator(
-        config.generator, config.channels_b, config.channels_a, **kwargs
-    )
-    return generator_ab, generator_ba
+    return build_network(config, "G"), build_network(config, "F")
 
 
 def build_discriminators(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """Build untrained ``D_A`` and ``D_B`` for ``config``."""
-    return tuple(
-        build_discriminator(
-            config.discriminator,
-            channels,
-            config.ndf,
-            config.n_layers_discriminator,
-            config.norm,
-            spectral_norm=config.spectral_norm,
-        )
-        for channels in (config.channels_a, config.channels_b)
-    )
+    return build_network(config, "D_A"), build_network(config, "D_B")
 
 
 @dataclass
@@ -104,10 +108,21 @@ class CycleStyleModel:
         direction = parse_direction(direction)
         network = self.generator_ab if direction == "AtoB" else self.generator_ba
         if network is None:
+            name = "G" if direction == "AtoB" else "F"
+            reason = self._one_sided_reason() if name == "F" else ""
             raise ValueError(
-                f"This model has no {direction} generator; it can translate {self.directions}."
+                f"This model has no {direction} generator ({name}){reason}; it can "
+                f"translate {', '.join(self.directions)}: use that direction, or train a "
+                "model with both (mode 'cyclegan')."
             )
         return network
+
+    def _one_sided_reason(self) -> str:
+        """Why F is missing, when the provenance says: a one-sided (CUT) run."""
+        mode = self.info.get("mode")  # from a file: used only when it is a mode's name
+        if isinstance(mode, str) and mode in MODES and mode != "cyclegan":
+            return f": the model was trained one-sided (CUT, mode {mode!r}), which trains G alone"
+        return ""
 
     @property
     def directions(self) -> list[str]:
@@ -138,6 +153,10 @@ class CycleStyleModel:
             f"channels: A {c.channels_a}, B {c.channels_b}",
             f"directions: {', '.join(self.directions)}",
         ]
+        if self.generator_ab is None:
+            lines.append("not available: G (A → B)")
+        if self.generator_ba is None:
+            lines.append(f"not available: F (B → A){self._one_sided_reason()}")
         for name, norm in (("A", self.norm_a), ("B", self.norm_b)):
             if norm is None:
                 lines.append(f"domain {name}: normalised from each input's own range")

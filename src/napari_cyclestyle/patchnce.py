@@ -1,4 +1,5 @@
-"""CUT's PatchNCE loss (Park et al. 2020), as a term beside CycleGAN's cycle loss.
+"""CUT's PatchNCE loss (Park et al. 2020): beside CycleGAN's cycle loss, or instead of it
+in the one-sided modes (``TrainConfig.mode``).
 
 A generator's own encoder embeds its input and its output; at randomly chosen spatial
 positions (the same for both) a small MLP head per encoder layer projects the features,
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from .networks import init_weights
+from .settings import ConfigError
 
 # CUT's choice of layers for its ResNet generator (indices into the generator's layer
 # sequence: the padded input, the two down-sampling stages, two residual blocks).
@@ -29,14 +31,15 @@ def encoder_layers(generator: nn.Module) -> list[nn.Module]:
 
     Raises
     ------
-    ValueError
+    ConfigError
         For a generator whose layers are not a sequence (the U-Nets).
     """
     sequence = getattr(generator, "model", None)
     if not isinstance(sequence, nn.Sequential):
-        raise ValueError(
-            "PatchNCE (lambda_nce) needs a generator whose layers are a sequence: a "
-            "resnet or the encoder_decoder generator, not a U-Net."
+        raise ConfigError(
+            "PatchNCE (lambda_nce, and the modes cut and fastcut, which train with it) "
+            "needs a generator whose layers are a sequence: a resnet or the "
+            "encoder_decoder generator, not a U-Net; choose one of those generators."
         )
     layers = []
     for layer in sequence:
@@ -52,7 +55,7 @@ def choose_layers(generator: nn.Module, requested: Sequence[int]) -> tuple[int, 
 
     Raises
     ------
-    ValueError
+    ConfigError
         If a requested index is not a layer of the encoder.
     """
     length = len(encoder_layers(generator))
@@ -60,7 +63,7 @@ def choose_layers(generator: nn.Module, requested: Sequence[int]) -> tuple[int, 
         return tuple(index for index in DEFAULT_LAYERS if index < length)
     bad = [index for index in requested if not 0 <= index < length]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"nce_layers {bad} are not layers of the generator's encoder (0 to {length - 1})."
         )
     return tuple(sorted(set(requested)))

@@ -99,13 +99,14 @@ class TrainEvent:
     steps_per_second : float
         Speed of this run so far.
     losses : dict or None
-        Loss values (see ``LOSS_NAMES``, and ``CycleGAN.loss_names`` for the terms
-        of the optional methods) on steps where they were read back from the
-        device (every ``log_every`` steps and the last), else None.
+        Loss values (see ``LOSS_NAMES``, and ``CycleGAN.loss_names`` for a one-sided
+        run's and the terms of the optional methods) on steps where they were read back
+        from the device (every ``log_every`` steps and the last), else None.
     preview : dict or None
         Every ``preview_every`` steps: ``real_A``, ``fake_B`` (= G(real_A)), ``real_B``,
         ``fake_A`` (= F(real_B)) as ``(C, Y, X)`` arrays in each domain's own values,
-        always on the same fixed patches.
+        always on the same fixed patches; a one-sided run (no F) has ``real_A`` and
+        ``fake_B`` alone.
     checkpoint : Path or None
         Checkpoint written at this step, if any.
     finished : bool
@@ -244,8 +245,9 @@ class Trainer:
 
     @property
     def networks(self):
-        """The four networks (``generator_ab``, ``generator_ba``, ``discriminator_a``,
-        ``discriminator_b``) as they train."""
+        """The networks (``generator_ab``, ``generator_ba``, ``discriminator_a``,
+        ``discriminator_b``; in a one-sided run the second and third are None) as they
+        train."""
         return self.cyclegan.networks
 
     @property
@@ -399,15 +401,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     def preview(self) -> dict[str, np.ndarray]:
-        """G and F applied to the fixed preview patches, in each domain's values."""
+        """G and F (one-sided: G alone) applied to the fixed preview patches, in each
+        domain's values."""
         real_a, real_b = self.patches.preview_a, self.patches.preview_b
         fake_b, fake_a = self.cyclegan.preview(real_a, real_b)
-        return {
+        preview = {
             "real_A": self.domain_a.norm.denormalize(real_a.numpy()[0]),
             "fake_B": self.domain_b.norm.denormalize(fake_b),
-            "real_B": self.domain_b.norm.denormalize(real_b.numpy()[0]),
-            "fake_A": self.domain_a.norm.denormalize(fake_a),
         }
+        if fake_a is not None:
+            preview["real_B"] = self.domain_b.norm.denormalize(real_b.numpy()[0])
+            preview["fake_A"] = self.domain_a.norm.denormalize(fake_a)
+        return preview
 
     @property
     def model(self) -> CycleStyleModel:
@@ -418,7 +423,12 @@ class Trainer:
             model = CycleStyleModel(self.config.model, *self.cyclegan.generators(), *norms)
             self._model = (self.cyclegan.updates, model)
         model = self._model[1]
-        model.info = {"steps": self.step, "losses": self.last_losses, "version": __version__}
+        model.info = {
+            "steps": self.step,
+            "mode": self.config.train.mode,  # a one-sided mode's model has no F
+            "losses": self.last_losses,
+            "version": __version__,
+        }
         if self.validation_record:
             model.info["validation"] = copy.deepcopy(self.validation_record)
         return model

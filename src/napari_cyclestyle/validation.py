@@ -2,11 +2,11 @@
 
 A :class:`ValidationSet` holds a few patches of each domain, chosen once from images
 kept out of training (and, for paired data, the true B of each A patch). :func:`measure`
-runs G, F and the discriminators on them, without gradients and in eval mode, and
-returns plain numbers: the cycle errors, the discriminators' realism scores, how varied
-and how structure-preserving the translations are, and with paired data PSNR and SSIM to
-the truth. Measuring draws no random numbers, so a run with validation trains exactly
-like one without.
+runs G, F and the discriminators (a one-sided run: G and D_B) on them, without gradients
+and in eval mode, and returns plain numbers: the cycle errors, the discriminators'
+realism scores, how varied and how structure-preserving the translations are, and with
+paired data PSNR and SSIM to the truth. Measuring draws no random numbers, so a run
+with validation trains exactly like one without.
 """
 
 from __future__ import annotations
@@ -26,6 +26,17 @@ from .data import Domain
 _CHUNK = 4
 _SSIM_WINDOW, _SSIM_SIGMA = 11, 1.5
 
+# What :func:`measure` returns, in this order (a one-sided run: the ``_B`` ones).
+MEASURE_NAMES = (
+    "cycle_A",
+    "cycle_B",
+    "realism_A",
+    "realism_B",
+    "diversity_A",
+    "diversity_B",
+    "structure_A",
+    "structure_B",
+)
 # Per metric: whether higher is better (the best model keeps the best value).
 HIGHER_IS_BETTER = {"cycle": False, "realism": True, "psnr": True, "ssim": True}
 
@@ -92,8 +103,9 @@ class ValidationSet:
         return self.truth_b is not None
 
 
-def resolve_metric(best_metric: str, paired: bool) -> str:
-    """The metric ``best_metric`` names (``auto``: ``ssim`` if paired, else ``cycle``).
+def resolve_metric(best_metric: str, paired: bool, one_sided: bool = False) -> str:
+    """The metric ``best_metric`` names (``auto``: ``ssim`` if paired, else ``cycle``, or
+    ``realism`` for a one-sided run, which has no cycle).
 
     Raises
     ------
@@ -101,7 +113,7 @@ def resolve_metric(best_metric: str, paired: bool) -> str:
         For ``psnr`` or ``ssim`` without paired validation data.
     """
     if best_metric == "auto":
-        return "ssim" if paired else "cycle"
+        return "ssim" if paired else ("realism" if one_sided else "cycle")
     if best_metric in ("psnr", "ssim") and not paired:
         raise ValueError(
             f"best_metric={best_metric!r} needs paired validation data (the true B of "
@@ -111,21 +123,26 @@ def resolve_metric(best_metric: str, paired: bool) -> str:
 
 
 def score(measures: dict[str, float], metric: str) -> float:
-    """The value of ``metric`` (see :data:`HIGHER_IS_BETTER`) in a :func:`measure` result."""
+    """The value of ``metric`` (see :data:`HIGHER_IS_BETTER`) in a :func:`measure` result:
+    for ``cycle`` and ``realism`` the mean over the directions measured."""
     if metric in ("cycle", "realism"):
-        return 0.5 * (measures[f"{metric}_A"] + measures[f"{metric}_B"])
+        values = [measures[key] for key in (f"{metric}_A", f"{metric}_B") if key in measures]
+        return sum(values) / len(values)
     return measures[f"{metric}_B"]
 
 
 def measure(
     generator_ab: nn.Module,
-    generator_ba: nn.Module,
-    discriminator_a: nn.Module,
+    generator_ba: nn.Module | None,
+    discriminator_a: nn.Module | None,
     discriminator_b: nn.Module,
     validation: ValidationSet,
     gan_mode: str,
 ) -> dict[str, float]:
     """Run the networks on the validation patches and summarise what they make.
+
+    Without F and D_A (a one-sided run) only what G and D_B show is measured: no cycle
+    errors and none of the ``_A`` values.
 
     Returns
     -------
@@ -140,22 +157,25 @@ def measure(
     """
     device = next(generator_ab.parameters()).device
     networks = (generator_ab, generator_ba, discriminator_a, discriminator_b)
+    networks = [network for network in networks if network is not None]
     with _evaluating(networks), torch.inference_mode():
         real_a, real_b = validation.real_a, validation.real_b
         fake_b = _apply(generator_ab, real_a, device)
-        fake_a = _apply(generator_ba, real_b, device)
-        rec_a = _apply(generator_ba, fake_b, device)
-        rec_b = _apply(generator_ab, fake_a, device)
-        results = {
-            "cycle_A": _mean_abs(rec_a, real_a),
-            "cycle_B": _mean_abs(rec_b, real_b),
-            "realism_A": _realism(_apply(discriminator_a, fake_a, device), gan_mode),
+        found = {
             "realism_B": _realism(_apply(discriminator_b, fake_b, device), gan_mode),
-            "diversity_A": _diversity(fake_a, real_a),
             "diversity_B": _diversity(fake_b, real_b),
-            "structure_A": _structure(real_b, fake_a),
             "structure_B": _structure(real_a, fake_b),
         }
+        if generator_ba is not None and discriminator_a is not None:  # F's and the cycles'
+            fake_a = _apply(generator_ba, real_b, device)
+            found |= {
+                "cycle_A": _mean_abs(_apply(generator_ba, fake_b, device), real_a),
+                "cycle_B": _mean_abs(_apply(generator_ab, fake_a, device), real_b),
+                "realism_A": _realism(_apply(discriminator_a, fake_a, device), gan_mode),
+                "diversity_A": _diversity(fake_a, real_a),
+                "structure_A": _structure(real_b, fake_a),
+            }
+        results = {name: found[name] for name in MEASURE_NAMES if name in found}
         if validation.truth_b is not None:
             truth = validation.truth_b
             mse = float(((fake_b - truth) ** 2).mean())

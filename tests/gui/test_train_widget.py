@@ -71,6 +71,25 @@ def test_training_run_shows_progress_previews_losses_and_saves_a_model(
     assert trained_models.latest().path == output
 
 
+def test_a_cut_run_previews_g_alone_and_offers_only_g_to_translate(
+    viewer, train_widget, translate_widget, tiny_settings, wait_done, tmp_path
+):
+    stained = viewer.layers["domain B (stained)"].data
+    gray_b = viewer.add_image(stained.mean(axis=-1).astype(np.uint8), name="domain B (gray)")
+    output = tmp_path / "cut.safetensors"
+    tiny_settings(train_widget, output, n_steps=2, mode="cut", nce_patches=16)
+    train_widget.start(layers_a=[viewer.layers["domain A (brightfield)"]], layers_b=[gray_b])
+    wait_done(train_widget)
+
+    assert "finished" in train_widget.status.value
+    assert PREVIEW_NAMES["G"] in viewer.layers and PREVIEW_NAMES["F"] not in viewer.layers
+    assert {"NCE_A", "NCE_identity_B"} <= set(train_widget.last_event.losses)
+    assert translate_widget.loaded_model.generator_ba is None
+    directions = translate_widget.direction.native
+    assert [directions.itemText(i) for i in range(directions.count())] == ["G: A → B"]
+    assert "not available: F (B → A)" in translate_widget.model_info.value
+
+
 def _preview_of(preview, real, fake):
     from napari_cyclestyle._widgets._previews import preview_image
 
@@ -322,13 +341,16 @@ def test_the_advanced_fold_offers_the_methods_off_at_first(qtbot):
     config = fields.config()
     assert config.model.upsampling == Config().model.upsampling  # the paper's recipe
     assert config.train.ema_decay == config.train.lambda_structure == 0
+    assert config.train.mode == "cyclegan"
     fields.upsampling.value, fields.spectral_norm.value = "resize", True
     fields.ema_decay.value, fields.lambda_r1.value, fields.r1_every.value = 0.995, 1.0, 4
     fields.lambda_structure.value, fields.diff_augment.value = 2.0, "translation, cutout"
     fields.lambda_nce.value, fields.nce_patches.value = 1.0, 64
+    fields.mode.value = "fastcut"
     config = fields.config()
     assert (config.model.upsampling, config.model.spectral_norm) == ("resize", True)
     assert config.train.ema_decay == 0.995 and config.train.r1_every == 4
     assert config.train.lambda_r1 == 1.0 and config.train.lambda_structure == 2.0
     assert config.train.augment_policies == ("translation", "cutout")
     assert config.train.lambda_nce == 1.0 and config.train.nce_patches == 64
+    assert config.train.mode == "fastcut"

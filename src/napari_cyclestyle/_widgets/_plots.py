@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from matplotlib.lines import Line2D
 
 # Panel → curve → the loss names summed into it (identity: both directions). The
-# methods' terms (structure, PatchNCE, R1) are drawn only in runs that have them.
+# methods' terms (structure, PatchNCE, R1) are drawn only in runs that have them, and a
+# one-sided run (no F, D_A or cycle) draws G's, D_B's and PatchNCE's alone.
 LOSS_GROUPS = {
     "generators (adversarial)": {"G adv": ("G_adversarial",), "F adv": ("F_adversarial",)},
     "cycle and identity": {
@@ -32,7 +33,7 @@ LOSS_GROUPS = {
         "cycle B": ("cycle_B",),
         "identity": ("identity_A", "identity_B"),
         "structure": ("structure_A", "structure_B"),
-        "PatchNCE": ("NCE_A", "NCE_B"),
+        "PatchNCE": ("NCE_A", "NCE_B", "NCE_identity_B"),
     },
     "discriminators": {"D_A": ("D_A",), "D_B": ("D_B",), "R1": ("R1_A", "R1_B")},
 }

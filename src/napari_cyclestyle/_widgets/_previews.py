@@ -1,5 +1,6 @@
 """The preview layers of a training run: each domain's fixed patch beside its
-translation, added beside the data and updated in place as training goes."""
+translation (a one-sided run: domain A's alone), added beside the data and updated in
+place as training goes."""
 
 from __future__ import annotations
 
@@ -35,10 +36,12 @@ class PreviewLayers:
         self.layers = {k: v for k, v in self.layers.items() if v in self.viewer.layers}
 
     def show(self, preview: dict, crop_size: int) -> None:
-        """Show a training event's ``preview`` (patches of ``crop_size``)."""
+        """Show a training event's ``preview`` (patches of ``crop_size``): G's and F's,
+        or a one-sided run's (no F) G's alone."""
         pending = [
             (key, *preview_image(preview[real], preview[fake]))
             for key, real, fake in (("G", "real_A", "fake_B"), ("F", "real_B", "fake_A"))
+            if fake in preview
         ]
         self._update(pending, crop_size)
 

@@ -115,9 +115,12 @@ class TrainingFields:
         self.lambda_structure = _number(TrainConfig, "lambda_structure", "λ structure", step=0.1)
         self.diff_augment = LineEdit(label="DiffAugment", value="")
         self.diff_augment.tooltip = settings(TrainConfig)["diff_augment"].help
+        self.mode = _choice(TrainConfig, "mode", "mode")
+        self.mode.tooltip = settings(TrainConfig)["mode"].help
         self.lambda_nce = _number(TrainConfig, "lambda_nce", "λ PatchNCE", step=0.1)
         self.nce_patches = _number(TrainConfig, "nce_patches", "PatchNCE patches")
         methods = [
+            self.mode,
             self.upsampling,
             self.spectral_norm,
             self.ema_decay,
@@ -213,6 +216,7 @@ class TrainingFields:
                 r1_every=int(self.r1_every.value),
                 lambda_structure=float(self.lambda_structure.value),
                 diff_augment=str(self.diff_augment.value).strip(),
+                mode=self.mode.value,
                 lambda_nce=float(self.lambda_nce.value),
                 nce_patches=int(self.nce_patches.value),
                 validation_fraction=float(self.validation_fraction.value),

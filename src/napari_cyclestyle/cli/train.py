@@ -66,6 +66,7 @@ _TRAIN_FLAGS = {
     "--checkpoint-every": ("checkpoint_every", {"type": int, "metavar": "N"}),
     "--preview-every": ("preview_every", {"type": int, "metavar": "N"}),
     "--log-every": ("log_every", {"type": int, "metavar": "N"}),
+    "--mode": ("mode", {}),
     # Methods beyond the paper's recipe (issue 19).
     "--ema-decay": ("ema_decay", {"type": float, "metavar": "DECAY"}),
     "--lambda-r1": ("lambda_r1", {"type": float, "metavar": "WEIGHT"}),
@@ -154,7 +155,9 @@ def add_parser(subparsers) -> None:
         choices=list(PRESETS),
         help="set a published recipe's settings explicitly, over --config and under the "
         "flags: paper = the CycleGAN paper's (lsgan, cycle 10, identity 0.5, pool 50, Adam "
-        "2e-4 beta1 0.5, transposed convolutions, no newer method)",
+        "2e-4 beta1 0.5, transposed convolutions, no newer method); cut / fastcut = CUT's "
+        "and FastCUT's (one-sided: G and D_B alone; PatchNCE 1 with the identity term / 10 "
+        "without, 256 patches, no pool, the same Adam)",
     )
     files.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint")
     files.add_argument(
@@ -163,8 +166,8 @@ def add_parser(subparsers) -> None:
     files.add_argument(
         "--preview-dir",
         metavar="DIR",
-        help="write preview images (real A | G(A) / real B | F(B)) here every "
-        "--preview-every steps",
+        help="write preview images (real A | G(A) / real B | F(B); one-sided modes: real A "
+        "| G(A)) here every --preview-every steps",
     )
     for title, section, flags in (
         ("model (fixed by the checkpoint with --resume)", ModelConfig, _MODEL_FLAGS),
@@ -362,6 +365,7 @@ def run_training(trainer, preview_dir: Path | None = None, stream: TextIO | None
 
 
 def preview_figure(preview: dict[str, np.ndarray]) -> np.ndarray:
-    """The preview of a training event as one RGB image: real A | G(A) over real B | F(B)."""
-    rows = [["real_A", "fake_B"], ["real_B", "fake_A"]]
+    """The preview of a training event as one RGB image: real A | G(A) over real B | F(B)
+    (a one-sided run, without F: real A | G(A) alone)."""
+    rows = [row for row in (["real_A", "fake_B"], ["real_B", "fake_A"]) if row[1] in preview]
     return image_grid([[image_to_rgb8(preview[k], channels_first=True) for k in r] for r in rows])

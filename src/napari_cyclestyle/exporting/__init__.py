@@ -186,8 +186,9 @@ def export_directions(model: CycleStyleModel, direction: str | None) -> list[str
     if missing:
         raise ExportError(
             f"This model has no {' or '.join(missing)} generator ({_label(missing[0])}); it "
-            f"can export {', '.join(model.directions)}. A reference checkpoint such as "
-            "latest_net_G.pth holds one generator only."
+            f"can export {', '.join(model.directions)}. A one-sided model (trained in mode "
+            "cut or fastcut) or a reference checkpoint such as latest_net_G.pth holds one "
+            "generator only."
         )
     return asked
 
