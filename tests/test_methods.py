@@ -293,10 +293,11 @@ def test_patchnce_trains_beside_the_cycle_loss(tmp_path, gray_domains):
 
 
 def test_r1_keeps_the_discriminators_uncompiled():
-    from napari_cyclestyle.cyclegan import CycleGAN, _CompiledOrEager
+    from napari_cyclestyle.cyclegan import CycleGAN
     from napari_cyclestyle.distributed import DistributedContext
+    from napari_cyclestyle.training_networks import CompiledOrEager
 
     config = tiny_config(compile=True, lambda_r1=1.0)  # torch.compile is lazy: cheap here
     called = CycleGAN(config, torch.device("cpu"), DistributedContext())._called
-    assert isinstance(called.generator_ab, _CompiledOrEager)
-    assert not isinstance(called.discriminator_a, _CompiledOrEager)
+    assert isinstance(called.generator_ab, CompiledOrEager)
+    assert not isinstance(called.discriminator_a, CompiledOrEager)

@@ -12,18 +12,15 @@ schedule, events, saving) is :mod:`napari_cyclestyle.trainer`.
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import Config, TrainConfig
-from .devices import ieee_float32, is_out_of_memory
-from .distributed import DistributedContext, wrap
+from .config import Config
+from .devices import ieee_float32
+from .distributed import DistributedContext
 from .losses import GANLoss, ImagePool, cycle_loss
 from .methods import (
     NCE_IDENTITY_LOSS_NAME,
@@ -33,7 +30,7 @@ from .methods import (
     CycleGANTerms,
 )
 from .model import build_network
-from .networks import init_weights
+from .training_networks import Networks, build_networks, called_networks, resolve_precision
 
 # Every loss the step computes; events, logs and model provenance follow this list.
 LOSS_NAMES = (
@@ -61,122 +58,7 @@ __all__ = [
     "CycleGAN",
     "Networks",
     "resolve_precision",
-]
-
-
-class _CompiledOrEager:
-    """Calls ``torch.compile(network)``; if compiling fails, warns once and calls the
-    network itself from then on (compilers fail in many ways: no C compiler, no
-    Triton, an unsupported platform)."""
-
-    def __init__(self, network: nn.Module, name: str) -> None:
-        self.network, self.name = network, name
-        self.compiled: Callable | None = torch.compile(network)
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.compiled is not None:
-            try:
-                return self.compiled(batch)
-            except Exception as error:  # any compiler failure
-                if is_out_of_memory(error):
-                    raise
-                warnings.warn(
-                    f"torch.compile could not compile {self.name} ({type(error).__name__}: "
-                    f"{str(error)[:300]}); it trains uncompiled.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.compiled = None
-        return self.network(batch)
-
-
-@dataclass
-class Networks:
-    """The networks, as built (their state dicts are what files hold): all four, or in a
-    one-sided run (``mode`` cut or fastcut) G and D_B, with F and D_A None."""
-
-    generator_ab: nn.Module
-    generator_ba: nn.Module | None
-    discriminator_a: nn.Module | None
-    discriminator_b: nn.Module
-
-    @classmethod
-    def from_named(cls, named: Mapping[str, Any]) -> Networks:
-        """The networks of a :meth:`named` mapping (F and D_A may be missing)."""
-        return cls(named["G"], named.get("F"), named.get("D_A"), named["D_B"])
-
-    def named(self) -> dict[str, nn.Module]:
-        """The networks the run has, by the names checkpoints use."""
-        found = {
-            "G": self.generator_ab,
-            "F": self.generator_ba,
-            "D_A": self.discriminator_a,
-            "D_B": self.discriminator_b,
-        }
-        return {name: network for name, network in found.items() if network is not None}
-
-    def generators(self) -> list[nn.Module]:
-        """G, and F when the run has it."""
-        return [n for n in (self.generator_ab, self.generator_ba) if n is not None]
-
-    def discriminators(self) -> list[nn.Module]:
-        """D_A when the run has it, and D_B."""
-        return [n for n in (self.discriminator_a, self.discriminator_b) if n is not None]
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision ``"auto"`` stands for on ``device`` (bf16 or fp16 on CUDA, else fp32).
-
-    Raises
-    ------
-    ValueError
-        For ``"fp16"`` on a device other than CUDA.
-    """
-    on_cuda = device.type == "cuda"
-    if precision == "auto":
-        if not on_cuda:
-            precision = "fp32"
-        else:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp16" and not on_cuda:
-        raise ValueError("precision='fp16' needs a CUDA device; use 'fp32' or 'auto'.")
-    return precision
-
-
-def _build_networks(
-    config: Config, device: torch.device, state: dict[str, dict[str, torch.Tensor]] | None
-) -> Networks:
-    """The networks of the mode, initialised (or loaded from ``state``), on ``device``."""
-    train, model = config.train, config.model
-    networks = Networks.from_named(
-        {name: build_network(model, name) for name in train.network_names}
-    )
-    for network in networks.named().values():
-        init_weights(network)
-        network.to(device).train()
-        if train.channels_last:
-            network.to(memory_format=torch.channels_last)
-    if state is not None:
-        for name, network in networks.named().items():
-            network.load_state_dict(state[name])
-    return networks
-
-
-def _called_networks(
-    networks: Networks, train: TrainConfig, context: DistributedContext, device: torch.device
-) -> Networks:
-    """What the step calls: DistributedDataParallel wrappers under torchrun, compiled if
-    ``train.compile``."""
-    called = {name: wrap(network, context, device) for name, network in networks.named().items()}
-    if train.compile:
-        # R1 differentiates the discriminators' gradients (a double backward), which
-        # torch.compile does not support: with lambda_r1 they run uncompiled.
-        compiled = ("G", "F") if train.lambda_r1 > 0 else tuple(called)
-        called = {
-            name: _CompiledOrEager(network, name) if name in compiled else network
-            for name, network in called.items()
-        }
-    return Networks.from_named(called)
+]  # Networks and resolve_precision are training_networks.py's
 
 
 class CycleGAN:
@@ -217,8 +99,8 @@ class CycleGAN:
         # Training steps begun (a resumed trainer sets those before): the weights change
         # with each, and lazy R1 counts them.
         self.updates = 0
-        self.networks = _build_networks(config, device, networks)
-        self._called = _called_networks(self.networks, train, context, device)
+        self.networks = build_networks(config, device, networks)
+        self._called = called_networks(self.networks, train, context, device)
         self.batched_forward = train.batched_forward and model.norm != "batch"
         self.use_identity = (
             not train.one_sided

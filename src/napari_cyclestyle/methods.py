@@ -23,7 +23,7 @@ from .losses import r1_penalty, structure_loss
 from .patchnce import PatchNCE, choose_layers
 
 if TYPE_CHECKING:
-    from .cyclegan import Networks
+    from .training_networks import Networks
 
 __all__ = [
     "NCE_IDENTITY_LOSS_NAME",

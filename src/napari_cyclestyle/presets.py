@@ -28,6 +28,7 @@ PAPER: dict[str, dict[str, Any]] = {
         "lambda_r1": 0.0,
         "lambda_structure": 0.0,
         "diff_augment": "",
+        "lambda_nce": 0.0,
     },
 }
 
