@@ -22,6 +22,7 @@ Usage::
     .venv/bin/python benchmarks/quality.py --quick           # CI smoke run, ~1 min
     .venv/bin/python benchmarks/quality.py --tasks stain --methods paper --seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --json quality.json
+    .venv/bin/python benchmarks/quality.py --results quality.json --json more.json  # reuses rows
 
 Prints one row per task, method, seed and budget, then the mean and spread per task and
 method, and the gain of each method over the baseline. Asserts nothing.
@@ -30,6 +31,7 @@ method, and the gain of each method over the baseline. Asserts nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -155,6 +157,7 @@ _R1 = {"train": {"lambda_r1": 1.0, "r1_every": 4}}
 _STRUCTURE = {"train": {"lambda_structure": 1.0}}
 _DIFF_AUGMENT = {"train": {"diff_augment": "color,translation,cutout"}}
 _PATCH_NCE = {"train": {"lambda_nce": 1.0}}  # needs equal channel counts
+_FAST_LR = {"train": {"learning_rate": 5e-4}}
 
 
 def _combined(*methods: dict) -> dict:
@@ -177,7 +180,10 @@ METHODS = {
     "diffaugment": _DIFF_AUGMENT,
     "patchnce": _PATCH_NCE,
     "ema+sn-hinge+structure": _combined(_EMA, _SN_HINGE, _STRUCTURE),
+    "resize+structure": _combined(_RESIZE, _STRUCTURE),
     "ema+resize+structure": _combined(_EMA, _RESIZE, _STRUCTURE),
+    "ema+resize+structure+lr": _combined(_EMA, _RESIZE, _STRUCTURE, _FAST_LR),
+    "ema+sn-hinge+structure+lr": _combined(_EMA, _SN_HINGE, _STRUCTURE, _FAST_LR),
     "ema+patchnce+structure": _combined(_EMA, _PATCH_NCE, _STRUCTURE),
     "all": _combined(_EMA, _RESIZE, _SN_HINGE, _R1, _STRUCTURE, _DIFF_AUGMENT),
 }
@@ -277,6 +283,17 @@ class Job:
     budget: str
 
 
+def run_missing(jobs: list[Job], earlier: list[dict], args: argparse.Namespace) -> list[dict]:
+    """The rows of ``jobs``: those in ``earlier`` (the rows of ``--results``) reused and
+    printed, the others run."""
+    found = {(r["task"], r["method"], r["seed"], r["steps"], r["budget"]): r for r in earlier}
+    reused = [found[key] for key in map(dataclasses.astuple, jobs) if key in found]
+    for row in reused:
+        print(format_row(row), flush=True)
+    missing = [job for job in jobs if dataclasses.astuple(job) not in found]
+    return reused + run_jobs(missing, args.jobs, args.threads)
+
+
 def run_jobs(jobs: list[Job], workers: int, threads: int) -> list[dict]:
     """Run jobs ``workers`` at a time, each in a fresh process; print each as it ends."""
     results = []
@@ -351,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 steps, one seed")
     parser.add_argument("--json", type=Path, help="also write every row as JSON")
+    parser.add_argument(
+        "--results", nargs="+", type=Path, metavar="JSON",
+        help="rows written by earlier runs' --json: reused instead of run again",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.seeds = 4, args.seeds[:1]
@@ -363,9 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {TASKS[name].description}")
     print(HEADER)
     baseline = args.methods[0]
+    earlier = [row for path in args.results or [] for row in json.loads(path.read_text())]
     jobs = [Job(t, m, s, args.steps, "steps") for t in args.tasks for m in args.methods
             for s in args.seeds if applies(TASKS[t], m)]  # fmt: skip
-    results = run_jobs(jobs, args.jobs, args.threads) if "steps" in args.budgets else []
+    results = run_missing(jobs, earlier, args) if "steps" in args.budgets else []
     if "time" in args.budgets:
         # Seconds per step of each method, relative to the baseline on the same task.
         def rate(task: str, method: str) -> float:
@@ -380,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             timed.append(Job(job.task, job.method, job.seed, max(2, round(args.steps * ratio)),
                              "time"))  # fmt: skip
         results += [{**r, "budget": "time"} for r in results if r["method"] == baseline]
-        results += run_jobs(timed, args.jobs, args.threads)
+        results += run_missing(timed, earlier, args)
     print()
     print("\n".join(summarise(results, baseline)))
     if args.json:
