@@ -145,7 +145,8 @@ def test_health_warnings_are_lines_with_advice(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, (2, 40, 40), dtype=np.uint8)
     config = tiny_config(validation_every=2)
     trainer = Trainer(images, images, config, output=tmp_path / "m.safetensors")
-    trainer.networks.generator_ab.forward = lambda batch: -batch  # an inverted G
+    # an inverted G, as validation sees it (its weight average by default)
+    trainer.cyclegan.shown_generators()[0].forward = lambda batch: -batch
     stream = io.StringIO()
     run_training(trainer, stream=stream)
     warnings = [line for line in stream.getvalue().splitlines() if line.startswith("Warning")]

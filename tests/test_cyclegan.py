@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from napari_cyclestyle.checkpoint import TrainingCheckpoint
-from napari_cyclestyle.cyclegan import LOSS_NAMES, CycleGAN
+from napari_cyclestyle.cyclegan import LOSS_NAMES, STRUCTURE_LOSS_NAMES, CycleGAN
 from napari_cyclestyle.distributed import DistributedContext
 from napari_cyclestyle.trainer import Trainer
 
@@ -20,10 +20,17 @@ def test_a_training_step_returns_every_loss_and_moves_the_weights():
     before = {k: v.clone() for k, v in cyclegan.networks.generator_ab.state_dict().items()}
     batch = torch.rand(1, 1, 32, 32) * 2 - 1
     losses = cyclegan.training_step(batch, batch.flip(-1), learning_rate=1e-3)
-    assert set(losses) == set(LOSS_NAMES)
+    assert set(losses) == {*LOSS_NAMES, *STRUCTURE_LOSS_NAMES}  # structure: on by default
     after = cyclegan.networks.generator_ab.state_dict()
     assert any(not torch.equal(before[key], after[key]) for key in before)
-    assert set(cyclegan.state_dict()) == {"networks", "optimizer_g", "optimizer_d", "grad_scaler"}
+    state = set(cyclegan.state_dict())
+    assert state == {
+        "networks",
+        "optimizer_g",
+        "optimizer_d",
+        "grad_scaler",
+        "ema",
+    }  # EMA: default
 
 
 def test_the_trainer_leaves_the_callers_config_as_it_was(tmp_path, gray_domains):

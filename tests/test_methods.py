@@ -20,6 +20,7 @@ from napari_cyclestyle.model import CycleStyleModel, build_generators
 from napari_cyclestyle.model_file import load_model, save_model
 from napari_cyclestyle.networks import build_discriminator, build_generator, init_weights
 from napari_cyclestyle.patchnce import PatchNCE, choose_layers, patch_nce_loss
+from napari_cyclestyle.presets import apply_preset
 from napari_cyclestyle.trainer import Trainer, train
 
 from .conftest import tiny_config, train_straight_and_resumed
@@ -59,13 +60,25 @@ def test_impossible_method_settings_are_refused(section, settings, message):
         Config.from_dict({section: settings})
 
 
-def test_every_method_is_off_by_default():
+def test_defaults_are_the_benchmarks_choice_and_the_paper_preset_turns_it_off():
     model, train_config = ModelConfig(), TrainConfig()
-    assert (model.upsampling, model.spectral_norm) == ("transposed", False)
-    assert train_config.ema_decay == train_config.lambda_r1 == 0
-    assert train_config.lambda_structure == train_config.lambda_nce == 0
-    assert train_config.diff_augment == ""
+    # benchmarks/README.md, "Translation quality": EMA, resize, structure, Adam 5e-4
+    assert (model.upsampling, model.spectral_norm) == ("resize", False)
+    assert (train_config.ema_decay, train_config.lambda_structure) == (0.995, 1.0)
+    assert train_config.learning_rate == 5e-4
+    assert train_config.lambda_r1 == train_config.lambda_nce == 0
     assert train_config.augment_policies == ()
+    paper = Config.from_dict(apply_preset("paper", Config().to_dict()))
+    assert (paper.model.upsampling, paper.model.spectral_norm) == ("transposed", False)
+    assert paper.train.ema_decay == paper.train.lambda_structure == paper.train.lambda_nce == 0
+    assert paper.train.learning_rate == 2e-4
+
+
+def test_stored_settings_that_predate_a_method_read_as_off():
+    stored = Config.from_dict({"model": {"ngf": 8}, "train": {"n_steps": 3}}, stored=True)
+    assert stored.model.upsampling == "transposed" and stored.train.ema_decay == 0
+    assert stored.train.lambda_structure == 0 and stored.model.ngf == 8
+    assert Config.from_dict({"model": {"ngf": 8}}).model.upsampling == "resize"
 
 
 # ---------------------------------------------------------------------- EMA
@@ -144,7 +157,9 @@ def test_old_model_files_and_reference_checkpoints_load_as_transposed(tmp_path):
     from safetensors.torch import load_file, save
 
     torch.manual_seed(0)
-    config = ModelConfig(generator="resnet_6blocks", channels_a=1, channels_b=1, ngf=4)
+    config = ModelConfig(
+        generator="resnet_6blocks", channels_a=1, channels_b=1, ngf=4, upsampling="transposed"
+    )  # as every model file written before the option existed
     unit = IntensityNorm("fixed", (0.0,), (1.0,), "float32")
     path = save_model(
         CycleStyleModel(config, *build_generators(config), unit, unit), tmp_path / "m.safetensors"
@@ -232,7 +247,9 @@ def test_diff_augment_passes_gradients_to_the_generator():
 
 
 def test_r1_is_lazy_and_every_method_reports_its_losses(tmp_path, gray_domains):
-    config = tiny_config(lambda_r1=1.0, r1_every=2, gan_mode="hinge", diff_augment="translation")
+    config = tiny_config(
+        lambda_r1=1.0, r1_every=2, gan_mode="hinge", diff_augment="translation", lambda_structure=0
+    )
     config.model.spectral_norm = True
     events = list(train(*gray_domains, config, output=tmp_path / "m.safetensors"))
     r1 = [event.losses["R1_A"] for event in events]

@@ -10,6 +10,7 @@ import torch
 
 from napari_cyclestyle.checkpoint import TrainingCheckpoint
 from napari_cyclestyle.choices import PRECISIONS
+from napari_cyclestyle.cyclegan import STRUCTURE_LOSS_NAMES
 from napari_cyclestyle.inference import translate
 from napari_cyclestyle.model_file import load_model
 from napari_cyclestyle.trainer import (
@@ -36,7 +37,7 @@ def test_training_yields_one_event_per_step_and_writes_the_model(tmp_path, gray_
     assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
     assert all(e.total_steps == 6 for e in events)
     assert [e.losses is not None for e in events] == [False, True, False, True, False, True]
-    assert set(events[-1].losses) == set(LOSS_NAMES)
+    assert set(events[-1].losses) == {*LOSS_NAMES, *STRUCTURE_LOSS_NAMES}
     assert events[-1].finished and not any(e.finished for e in events[:-1])
     assert events[-1].model_path == output and output.is_file()
     assert events[-1].checkpoint.is_file()

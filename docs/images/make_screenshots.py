@@ -48,7 +48,7 @@ def invert_f_when_built(train) -> None:
     """Rig F of the run just started: the inverted luminance of its input."""
     while train._run.trainer is None:
         spin(0.05)
-    generator_ba = train._run.trainer.networks.generator_ba
+    generator_ba = train._run.trainer.cyclegan.shown_generators()[1]  # what validation sees
     generator_ba.forward = lambda batch: -batch.mean(dim=1, keepdim=True)
 
 

@@ -69,8 +69,9 @@ class ModelConfig:
     upsampling : str
         How the generators up-sample: ``transposed`` (stride-2 transposed convolutions,
         the paper's and the reference's layout) or ``resize`` (nearest-neighbour ×2,
-        then a 3×3 convolution: Odena et al. 2016's cure for checkerboard artefacts).
-        Model files written before this option existed load as ``transposed``.
+        then a 3×3 convolution: Odena et al. 2016's cure for checkerboard artefacts;
+        the default, chosen by ``benchmarks/quality.py``). Model files written before
+        this option existed, and reference checkpoints, load as ``transposed``.
     spectral_norm : bool
         Spectral normalisation (Miyato et al. 2018) of every convolution of the
         discriminators, keeping each layer's largest singular value near 1.
@@ -89,7 +90,7 @@ class ModelConfig:
     dropout: bool = setting(False, "dropout in the generators")
     # Methods beyond the paper's recipe (issue 19); off by default.
     upsampling: str = setting(
-        "transposed",
+        "resize",
         "generator up-sampling: transposed convolutions (the paper's) or resize = nearest "
         "x2 then a 3x3 convolution (no checkerboard artefacts)",
         choices=UPSAMPLINGS,
@@ -120,7 +121,9 @@ class TrainConfig:
     batch_size, crop_size : int
         Patches per step and their side length in pixels.
     learning_rate, beta1, beta2 : float
-        Adam settings for all four networks (paper: 2e-4, 0.5, 0.999).
+        Adam settings for all four networks (paper: 2e-4, 0.5, 0.999). The default
+        learning rate is 5e-4, chosen by ``benchmarks/quality.py`` together with the
+        weight average (``ema_decay``) that smooths its steps.
     gan_mode : str
         ``lsgan`` (least squares, the paper's choice), ``vanilla`` (log-likelihood) or
         ``hinge`` (Lim & Ye 2017; Miyato et al. 2018: the discriminator minimises
@@ -171,7 +174,7 @@ class TrainConfig:
         (0: off). The model file and the previews then hold the averaged weights; the
         checkpoint holds both. The decay ramps up as ``min(ema_decay, (1 + t) / (10 +
         t))`` over the first updates ``t``, so the average does not remember the
-        random initial weights.
+        random initial weights. Default 0.995 (chosen by ``benchmarks/quality.py``).
     lambda_r1 : float
         Weight γ of the R1 penalty (Mescheder et al. 2018), ``γ / 2 · E‖∇D(real)‖²`` on
         each discriminator's real images (0: off). It needs a double backward, which
@@ -185,7 +188,8 @@ class TrainConfig:
         correlation (SSIM's structure term, 7×7 Gaussian windows) between the
         luminance of a network's input and of its output. It allows any locally
         monotone-increasing intensity mapping and punishes inverted content; it
-        applies whatever the domains' channel counts (unlike identity loss).
+        applies whatever the domains' channel counts (unlike identity loss). Default 1
+        (chosen by ``benchmarks/quality.py``).
     diff_augment : str
         DiffAugment policy (Zhao et al. 2020): a comma-separated subset of ``color``,
         ``translation`` and ``cutout`` ("": off). Real and generated images are
@@ -243,7 +247,9 @@ class TrainConfig:
     )
     batch_size: int = setting(1, "patches per step", bounds=(1, 1024))
     crop_size: int = setting(256, "side of the training patches", bounds=(16, 4096))
-    learning_rate: float = setting(2e-4, "Adam", bounds=(1e-7, 1.0))
+    learning_rate: float = setting(
+        5e-4, "Adam's learning rate (the paper's: 2e-4)", bounds=(1e-7, 1.0)
+    )
     beta1: float = setting(0.5, "Adam's beta1")
     beta2: float = setting(0.999, "Adam's beta2")
     gan_mode: str = setting("lsgan", "adversarial loss", choices=GAN_MODES)
@@ -287,9 +293,9 @@ class TrainConfig:
     )
     # Methods beyond the paper's recipe (issue 19); all off by default.
     ema_decay: float = setting(
-        0.0,
+        0.995,
         "decay of a moving average of the generators' weights, which the model file and "
-        "previews then use (0: off; e.g. 0.995)",
+        "previews then use (0: off)",
         bounds=(0.0, 0.9999),
     )
     lambda_r1: float = setting(
@@ -297,7 +303,7 @@ class TrainConfig:
     )
     r1_every: int = setting(1, "compute R1 every N steps (lazy R1)", bounds=(1, 1000))
     lambda_structure: float = setting(
-        0.0,
+        1.0,
         "weight of 1 - local luminance correlation between input and output: keeps "
         "content, allows other intensities, works between any channel counts (0: off)",
         bounds=(0, 1000),

@@ -395,6 +395,7 @@ def _reference_model(
         ngf=spec["ngf"],
         norm=spec["norm"],
         dropout=spec["dropout"],
+        upsampling="transposed",  # the reference's layout, whatever today's default is
     )
     source = ", ".join(str(p) for p in paths if p is not None)
     networks = [None if pair is None else pair[0] for pair in (generator_ab, generator_ba)]

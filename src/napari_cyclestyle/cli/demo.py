@@ -12,7 +12,7 @@ from ..io import image_grid, image_to_rgb8, write_image
 from .common import EXIT_INTERRUPTED, EXIT_OK, UsageError, add_threads_argument
 from .train import run_training
 
-DEMO_STEPS = 800
+DEMO_STEPS = 1600
 
 
 DEMO_GENERATOR = "resnet_6blocks"
