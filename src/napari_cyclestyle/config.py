@@ -88,7 +88,7 @@ class ModelConfig:
     n_layers_discriminator: int = setting(3, "layers of the n_layers discriminator")
     norm: str = setting("instance", "normalisation layers", choices=NORMS)
     dropout: bool = setting(False, "dropout in the generators")
-    # Methods beyond the paper's recipe (issue 19); off by default.
+    # Methods beyond the paper's recipe (issue 19); resize up-sampling is the default.
     upsampling: str = setting(
         "resize",
         "generator up-sampling: transposed convolutions (the paper's) or resize = nearest "
@@ -291,7 +291,7 @@ class TrainConfig:
     channels_last: bool = setting(
         False, "channels-last (NHWC) weights and batches: for tensor cores; slower on the CPU"
     )
-    # Methods beyond the paper's recipe (issue 19); all off by default.
+    # Methods beyond the paper's recipe (issue 19); EMA and structure on by default.
     ema_decay: float = setting(
         0.995,
         "decay of a moving average of the generators' weights, which the model file and "

@@ -105,7 +105,7 @@ class TrainingFields:
         self.resume = FileEdit(
             label="resume from", mode="r", nullable=True, filter="*.checkpoint.pt"
         )
-        # Methods beyond the paper's recipe (issue 19); all off at first.
+        # Methods beyond the paper's recipe (issue 19), at the configuration's defaults.
         self.upsampling = _choice(ModelConfig, "upsampling", "up-sampling")
         self.spectral_norm = CheckBox(label="spectral norm D", value=False)
         self.ema_decay = _number(TrainConfig, "ema_decay", "EMA decay", step=0.001)
