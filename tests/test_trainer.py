@@ -10,6 +10,7 @@ import torch
 
 from napari_cyclestyle.checkpoint import TrainingCheckpoint
 from napari_cyclestyle.choices import PRECISIONS
+from napari_cyclestyle.config import TrainConfig
 from napari_cyclestyle.cyclegan import STRUCTURE_LOSS_NAMES
 from napari_cyclestyle.inference import translate
 from napari_cyclestyle.model_file import load_model
@@ -191,7 +192,7 @@ def test_batched_forward_gives_the_same_weights_as_one_call_per_image_set(tmp_pa
         )
         for batched in (False, True)
     }
-    assert_trained_alike(trained[False], trained[True], 2e-4, steps=1)
+    assert_trained_alike(trained[False], trained[True], TrainConfig().learning_rate, steps=1)
 
 
 @pytest.mark.numerics
@@ -206,7 +207,7 @@ def test_channels_last_gives_the_same_weights_and_a_usable_model(tmp_path, devic
     settings = {"steps": 1, "device": device, "precision": "fp32", "deterministic": True}
     plain = _train_weights(tmp_path, domains, "plain", **settings)
     nhwc = _train_weights(tmp_path, domains, "nhwc", channels_last=True, **settings)
-    assert_trained_alike(plain, nhwc, 2e-4, steps=1)
+    assert_trained_alike(plain, nhwc, TrainConfig().learning_rate, steps=1)
     translated = translate(domains[0], load_model(tmp_path / "nhwc.safetensors"), device="cpu")
     assert translated.shape == domains[0].shape
 
@@ -335,7 +336,7 @@ def test_a_compiled_step_gives_the_same_weights(tmp_path, gray_domains):
     # (measured: none of the conv weights off by 1e-5 after one step, 32 % after two).
     expected = _train_weights(tmp_path, gray_domains, "plain", steps=1)
     actual = _train_weights(tmp_path, gray_domains, "compiled", steps=1, compile=True)
-    assert_trained_alike(expected, actual, 2e-4, steps=1)
+    assert_trained_alike(expected, actual, TrainConfig().learning_rate, steps=1)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
