@@ -96,7 +96,8 @@ def test_patchnce_of_cut_trains_g_encoder_and_its_heads():
     assert all(m.weight.grad is None for m in generator.model if isinstance(m, nn.ConvTranspose2d))
     heads = cyclegan.terms.patch_nce["G"].heads
     assert all(p.grad.abs().sum() > 0 for p in heads.parameters())
-    assert cyclegan.optimizer_g.param_groups[0]["params"][-1] is list(heads.parameters())[-1]
+    trained = cyclegan.optimisers.generators.param_groups[0]["params"]
+    assert trained[-1] is list(heads.parameters())[-1]
 
 
 def test_lambda_nce_zero_means_the_modes_own_weight():

@@ -30,6 +30,7 @@ from .methods import (
     CycleGANTerms,
 )
 from .model import build_network
+from .optimisers import Optimisers
 from .training_networks import Networks, build_networks, called_networks, resolve_precision
 
 # Every loss the step computes; events, logs and model provenance follow this list.
@@ -109,36 +110,28 @@ class CycleGAN:
         )
         self.precision = resolve_precision(train.precision, device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         # The optional methods: weight averages (what the model file and previews show),
         # PatchNCE's heads (trained with the generators), structure, R1, DiffAugment.
         self.terms = CycleGANTerms(config, self.networks, device)
         own = ONE_SIDED_LOSS_NAMES if train.one_sided else LOSS_NAMES
         self.loss_names = own + self.terms.loss_names
-        heads = self.terms.head_parameters()
         raw = self.networks
-        fused = device.type in ("cpu", "cuda")
-        betas = (train.beta1, train.beta2)
-        self.optimizer_g = torch.optim.Adam(
-            [*(p for network in raw.generators() for p in network.parameters()), *heads],
-            train.learning_rate,
-            betas,
-            fused=fused,
-        )
-        self.optimizer_d = torch.optim.Adam(
+        self.optimisers = Optimisers(
+            [
+                *(p for network in raw.generators() for p in network.parameters()),
+                *self.terms.head_parameters(),
+            ],
             [p for network in raw.discriminators() for p in network.parameters()],
-            train.learning_rate,
-            betas,
-            fused=fused,
+            train,
+            self.precision,
+            device,
         )
         self.gan_loss = GANLoss(train.gan_mode)
-        rank = context.rank
-        self.pool_a = ImagePool(
-            train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 1)
-        )
-        self.pool_b = ImagePool(
-            train.pool_size, torch.Generator().manual_seed(train.seed + 2 * rank + 2)
-        )
+        seed = train.seed + 2 * context.rank
+        self.pools = {
+            domain: ImagePool(train.pool_size, torch.Generator().manual_seed(seed + offset))
+            for domain, offset in (("A", 1), ("B", 2))
+        }
 
     # ------------------------------------------------------------------ one step
     def training_step(
@@ -166,10 +159,8 @@ class CycleGAN:
             return self._step(real_a, real_b, learning_rate)
 
     def _step(self, real_a, real_b, learning_rate: float) -> dict[str, torch.Tensor]:
-        n, raw = self._called, self.networks
-        for optimizer in (self.optimizer_g, self.optimizer_d):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
+        n, raw, optimisers = self._called, self.networks, self.optimisers
+        optimisers.set_learning_rate(learning_rate)
         autocast = torch.autocast(
             self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         )
@@ -183,8 +174,7 @@ class CycleGAN:
             out, losses, names = self._generator_losses(real_a, real_b)
             names += self.terms.add_generator_terms(losses, raw, real_a, real_b, out)
             generator_total = sum(losses[name] for name in names)
-        self.optimizer_g.zero_grad(set_to_none=True)
-        self._backward_and_step(generator_total, self.optimizer_g)
+        optimisers.minimise(generator_total, optimisers.generators)
         self.terms.update_averages(self.networks)
 
         # Discriminators: real images against a history of fakes (and R1 on the reals).
@@ -192,8 +182,8 @@ class CycleGAN:
             network.requires_grad_(True)
         with_r1 = self.terms.r1_due(self.updates)
         judged = (
-            ("D_A", "R1_A", n.discriminator_a, real_a, "fake_A", self.pool_a),
-            ("D_B", "R1_B", n.discriminator_b, real_b, "fake_B", self.pool_b),
+            ("D_A", "R1_A", n.discriminator_a, real_a, "fake_A", self.pools["A"]),
+            ("D_B", "R1_B", n.discriminator_b, real_b, "fake_B", self.pools["B"]),
         )
         judged = [entry for entry in judged if entry[2] is not None]  # one-sided: no D_A
         with autocast:
@@ -207,10 +197,8 @@ class CycleGAN:
                 self.terms.add_r1(losses, r1_name, on_real, real, with_r1)
         names = [entry[0] for entry in judged] + [entry[1] for entry in judged if with_r1]
         discriminator_total = sum(losses[name] for name in names)
-        self.optimizer_d.zero_grad(set_to_none=True)
-        self._backward_and_step(discriminator_total, self.optimizer_d)
-        if self.scaler is not None:
-            self.scaler.update()
+        optimisers.minimise(discriminator_total, optimisers.discriminators)
+        optimisers.end_step()
         return {name: losses[name].detach() for name in self.loss_names}
 
     def _generator_losses(
@@ -221,11 +209,12 @@ class CycleGAN:
         adversarial loss (PatchNCE and the other methods' terms are added after)."""
         train, raw = self.config.train, self.networks
         if train.one_sided:
-            out = self._generate_one_sided(real_a, real_b)
+            generator, batched = self._called.generator_ab, self.batched_forward
+            out = one_sided_outputs(generator, real_a, real_b, train.mode == "cut", batched)
             judged = raw.discriminator_b(self.terms.augment(out["fake_B"]))
             losses = {"G_adversarial": self.gan_loss(judged, True, for_discriminator=False)}
             return out, losses, ("G_adversarial",)
-        out = self._generate(real_a, real_b)
+        out = cycle_outputs(self._called, real_a, real_b, self.use_identity, self.batched_forward)
         losses: dict[str, torch.Tensor] = {}
         if self.use_identity:
             weight = train.lambda_identity
@@ -243,61 +232,11 @@ class CycleGAN:
         losses["cycle_B"] = cycle_loss(out["rec_B"], real_b) * train.lambda_cycle_b
         return out, losses, _GENERATOR_LOSSES
 
-    def _generate_one_sided(
-        self, real_a: torch.Tensor, real_b: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """fake_B = G(a) and, in mode cut, idt_B = G(b) for PatchNCE's identity term (one
-        call of G on both with ``batched_forward``, as CUT's code does)."""
-        generator = self._called.generator_ab
-        if self.config.train.mode != "cut":
-            return {"fake_B": generator(real_a)}
-        if self.batched_forward:
-            fake_b, idt_b = generator(torch.cat([real_a, real_b])).split(len(real_a))
-        else:
-            fake_b, idt_b = generator(real_a), generator(real_b)
-        return {"fake_B": fake_b, "idt_B": idt_b}
-
-    def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
-        """fake_B = G(a), rec_A = F(G(a)), fake_A = F(b), rec_B = G(F(b)) and identities.
-
-        With ``batched_forward`` each generator runs on the concatenation of its inputs
-        (per-image norms make that the same mathematics in fewer, larger operations).
-        """
-        n = self._called
-        out: dict[str, torch.Tensor] = {}
-        if self.batched_forward:
-            inputs = [real_b, real_a] if self.use_identity else [real_b]
-            f_outputs = n.generator_ba(torch.cat(inputs)).split(len(real_b))
-            out["fake_A"] = f_outputs[0]
-            inputs = [real_a, out["fake_A"]] + ([real_b] if self.use_identity else [])
-            g_outputs = n.generator_ab(torch.cat(inputs)).split(len(real_a))
-            out["fake_B"], out["rec_B"] = g_outputs[0], g_outputs[1]
-            out["rec_A"] = n.generator_ba(out["fake_B"])
-            if self.use_identity:
-                out["idt_A"], out["idt_B"] = f_outputs[1], g_outputs[2]
-        else:
-            out["fake_B"] = n.generator_ab(real_a)
-            out["rec_A"] = n.generator_ba(out["fake_B"])
-            out["fake_A"] = n.generator_ba(real_b)
-            out["rec_B"] = n.generator_ab(out["fake_A"])
-            if self.use_identity:
-                out["idt_A"] = n.generator_ba(real_a)
-                out["idt_B"] = n.generator_ab(real_b)
-        return out
-
     def _discriminate(self, network: nn.Module, real: torch.Tensor, fake: torch.Tensor):
         """The discriminator's predictions on real and fake images (one call if batched)."""
         if self.batched_forward:
             return network(torch.cat([real, fake])).split(len(real))
         return network(real), network(fake)
-
-    def _backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
 
     @property
     def averages(self) -> dict:
@@ -362,32 +301,68 @@ class CycleGAN:
         precisions) and, with ``ema_decay``, ``ema`` (the weight averages of G and F by
         name), with PatchNCE (``lambda_nce``, a one-sided mode), ``nce_heads``
         (PatchNCE's heads of G and F by name; G's alone without F)."""
-        state = {
-            "networks": {
-                name: network.state_dict() for name, network in self.networks.named().items()
-            },
-            "optimizer_g": self.optimizer_g.state_dict(),
-            "optimizer_d": self.optimizer_d.state_dict(),
-            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
-        }
-        return self.terms.state_dict(state)
+        named = self.networks.named().items()
+        state = {"networks": {name: network.state_dict() for name, network in named}}
+        return self.terms.state_dict(state | self.optimisers.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the optimisers, the loss scale and the weight averages of
         :meth:`state_dict` (the networks' weights are given to the constructor, before
         wrapping). A checkpoint without averages (``ema_decay`` turned on when resuming)
         starts them from the weights resumed; one without PatchNCE heads, with new ones."""
-        self.optimizer_g.load_state_dict(state["optimizer_g"])
-        self.optimizer_d.load_state_dict(state["optimizer_d"])
-        if self.scaler is not None and state.get("grad_scaler"):  # older checkpoints: none
-            self.scaler.load_state_dict(state["grad_scaler"])
+        self.optimisers.load_state_dict(state)
         self.terms.load_state_dict(state)
 
     def pool_state_dict(self) -> dict[str, Any]:
         """This rank's history pools (each rank keeps its own)."""
-        return {"A": self.pool_a.state_dict(), "B": self.pool_b.state_dict()}
+        return {domain: pool.state_dict() for domain, pool in self.pools.items()}
 
     def load_pool_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`pool_state_dict` output."""
-        self.pool_a.load_state_dict(state["A"], self.device)
-        self.pool_b.load_state_dict(state["B"], self.device)
+        for domain, pool in self.pools.items():
+            pool.load_state_dict(state[domain], self.device)
+
+
+def one_sided_outputs(
+    generator, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool, batched: bool
+) -> dict[str, torch.Tensor]:
+    """fake_B = G(a) and, with ``identity`` (mode cut), idt_B = G(b) for PatchNCE's
+    identity term (with ``batched`` one call of G on both, as CUT's code does)."""
+    if not identity:
+        return {"fake_B": generator(real_a)}
+    if batched:
+        fake_b, idt_b = generator(torch.cat([real_a, real_b])).split(len(real_a))
+    else:
+        fake_b, idt_b = generator(real_a), generator(real_b)
+    return {"fake_B": fake_b, "idt_B": idt_b}
+
+
+def cycle_outputs(
+    called: Networks, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool, batched: bool
+) -> dict[str, torch.Tensor]:
+    """fake_B = G(a), rec_A = F(G(a)), fake_A = F(b), rec_B = G(F(b)) and, with
+    ``identity``, idt_A = F(a) and idt_B = G(b), by the ``called`` networks.
+
+    With ``batched`` each generator runs on the concatenation of its inputs (per-image
+    norms make that the same mathematics in fewer, larger operations).
+    """
+    g, f = called.generator_ab, called.generator_ba
+    out: dict[str, torch.Tensor] = {}
+    if batched:
+        f_outputs = f(torch.cat([real_b, real_a] if identity else [real_b])).split(len(real_b))
+        out["fake_A"] = f_outputs[0]
+        inputs = [real_a, out["fake_A"]] + ([real_b] if identity else [])
+        g_outputs = g(torch.cat(inputs)).split(len(real_a))
+        out["fake_B"], out["rec_B"] = g_outputs[0], g_outputs[1]
+        out["rec_A"] = f(out["fake_B"])
+        if identity:
+            out["idt_A"], out["idt_B"] = f_outputs[1], g_outputs[2]
+    else:
+        out["fake_B"] = g(real_a)
+        out["rec_A"] = f(out["fake_B"])
+        out["fake_A"] = f(real_b)
+        out["rec_B"] = g(out["fake_A"])
+        if identity:
+            out["idt_A"] = f(real_a)
+            out["idt_B"] = g(real_b)
+    return out
