@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_cyclestyle.data import Domain
+from napari_cyclestyle.config import TrainConfig
+from napari_cyclestyle.data import Domain, PatchStreams
+from napari_cyclestyle.distributed import DistributedContext
 
 
 def test_patches_are_normalised_and_cover_every_plane_of_a_stack():
@@ -81,3 +83,28 @@ def test_nan_in_training_images_is_refused():
     image[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         Domain(image)
+
+
+def test_a_batch_that_the_processes_cannot_share_is_refused():
+    domain = Domain(np.zeros((40, 40), np.uint8))
+    train = TrainConfig(batch_size=3, crop_size=16)
+    with pytest.raises(ValueError, match="batch_size 3 is the global batch.*2 training"):
+        PatchStreams(domain, domain, train, DistributedContext(rank=0, world_size=2))
+
+
+def test_previews_come_back_in_each_domain_s_values():
+    domain_a = Domain(np.full((40, 40), 200, np.uint8))
+    domain_b = Domain(np.full((40, 40), 50, np.uint8))
+    streams = PatchStreams(domain_a, domain_b, TrainConfig(crop_size=16), DistributedContext())
+
+    def generate(real_a, real_b):  # G and F swap the two domains' images
+        return real_b.numpy()[0], real_a.numpy()[0]
+
+    preview = streams.preview(generate)
+    assert preview["real_A"].shape == (1, 16, 16)
+    np.testing.assert_allclose(preview["real_A"], 200, atol=1e-3)
+    np.testing.assert_allclose(preview["fake_B"], 50, atol=1e-3)
+    np.testing.assert_allclose(preview["fake_A"], 200, atol=1e-3)
+
+    one_sided = streams.preview(lambda real_a, real_b: (real_b.numpy()[0], None))
+    assert set(one_sided) == {"real_A", "fake_B"}

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -272,9 +272,19 @@ class PatchStreams:
         Seed, batch and crop sizes, flips.
     context : DistributedContext
         This process's rank and the number of processes (its share of the batch).
+
+    Raises
+    ------
+    ValueError
+        If the batch cannot be shared equally among the processes.
     """
 
     def __init__(self, domain_a: Domain, domain_b: Domain, train, context) -> None:
+        if train.batch_size % context.world_size:
+            raise ValueError(
+                f"batch_size {train.batch_size} is the global batch: it must be a "
+                f"multiple of the {context.world_size} training processes."
+            )
         self.domains, self.train = (domain_a, domain_b), train
         local_batch = train.batch_size // context.world_size
         first = context.rank * local_batch
@@ -305,6 +315,31 @@ class PatchStreams:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             batches.append(batch)
         return batches
+
+    def preview(self, generate: Callable) -> dict[str, np.ndarray]:
+        """The fixed preview patches and their translations, in each domain's values.
+
+        Parameters
+        ----------
+        generate : callable
+            ``generate(real_a, real_b)`` → ``(G(real_a)[0], F(real_b)[0] or None)`` as
+            ``(C, Y, X)`` arrays (:meth:`~napari_cyclestyle.cyclegan.CycleGAN.preview`).
+
+        Returns
+        -------
+        dict
+            ``real_A``, ``fake_B`` and, with F, ``real_B`` and ``fake_A``.
+        """
+        domain_a, domain_b = self.domains
+        fake_b, fake_a = generate(self.preview_a, self.preview_b)
+        preview = {
+            "real_A": domain_a.norm.denormalize(self.preview_a.numpy()[0]),
+            "fake_B": domain_b.norm.denormalize(fake_b),
+        }
+        if fake_a is not None:
+            preview["real_B"] = domain_b.norm.denormalize(self.preview_b.numpy()[0])
+            preview["fake_A"] = domain_a.norm.denormalize(fake_a)
+        return preview
 
     def state(self) -> dict[str, str]:
         """This process's streams' states (``str(slot)`` → JSON)."""

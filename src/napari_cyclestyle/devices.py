@@ -52,6 +52,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
+def seed_torch(
+    seed: int, deterministic: bool, cudnn_benchmark: bool, device: torch.device
+) -> None:
+    """Seed torch's random stream and choose its algorithms for a training run:
+    deterministic ones when asked (warning where there are none), cuDNN's autotuner on
+    CUDA when allowed and results need not repeat."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+    torch.manual_seed(seed)
+
+
 def describe_device(device: torch.device) -> str:
     """Return a short human-readable description, e.g. ``cuda (NVIDIA H100)``."""
     if device.type == "cuda":

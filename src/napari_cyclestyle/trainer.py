@@ -30,7 +30,7 @@ from .checkpoint import TrainingCheckpoint
 from .config import Config
 from .cyclegan import LOSS_NAMES, CycleGAN
 from .data import PatchStreams, run_settings
-from .devices import is_out_of_memory
+from .devices import is_out_of_memory, seed_torch
 from .errors import CycleStyleError, OutOfMemory
 from .health import HealthWarning
 from .judging import RunJudge, hold_out
@@ -77,6 +77,49 @@ class TrainingOutOfMemory(OutOfMemory):
             "narrower network (ngf/ndf), or another device; the model and checkpoint "
             "of the steps done so far are saved."
         )
+
+
+class RunClock:
+    """Seconds spent training since a run (or resume) started, without the time the
+    consumer holds the loop between events (a paused GUI worker)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since = time.perf_counter()
+
+    def resume(self) -> None:
+        """Count from now on (the consumer has handed the loop back)."""
+        self._since = time.perf_counter()
+
+    def lap(self) -> float:
+        """Add the time since the last lap or resume, and return the total."""
+        now = time.perf_counter()
+        self.seconds += now - self._since
+        self._since = now
+        return self.seconds
+
+
+def read_losses(
+    step_losses: dict[str, torch.Tensor],
+    names: tuple[str, ...],
+    context: distributed.DistributedContext,
+    step: int,
+) -> dict[str, float]:
+    """The losses of ``step`` (averaged over ranks) on the host, by name.
+
+    Raises
+    ------
+    TrainingDiverged
+        If any of them is NaN or Inf.
+    """
+    stacked = distributed.mean_over_ranks(
+        torch.stack([step_losses[name].float() for name in names]), context
+    )
+    losses = dict(zip(names, stacked.tolist(), strict=True))
+    bad = [name for name, value in losses.items() if not math.isfinite(value)]
+    if bad:
+        raise TrainingDiverged.at(step, bad)
+    return losses
 
 
 @dataclass
@@ -216,11 +259,6 @@ class Trainer:
         self.judge = RunJudge(config, held_out, self.best_path)
         self.best_metric = self.judge.best_metric
         self.context, self.device = distributed.setup(config.train.device)
-        if config.train.batch_size % self.context.world_size:
-            raise ValueError(
-                f"batch_size {config.train.batch_size} is the global batch: it must be a "
-                f"multiple of the {self.context.world_size} training processes."
-            )
         self._stop_requested = False
         self.step = 0
         self.last_losses: dict[str, float] = {}
@@ -230,14 +268,10 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _build(self, checkpoint: TrainingCheckpoint | None) -> None:
         train = self.config.train
-        if train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = train.cudnn_benchmark and not train.deterministic
-        torch.manual_seed(train.seed)
+        seed_torch(train.seed, train.deterministic, train.cudnn_benchmark, self.device)
+        self.patches = PatchStreams(self.domain_a, self.domain_b, train, self.context)
         networks = checkpoint.model["networks"] if checkpoint is not None else None
         self.cyclegan = CycleGAN(self.config, self.device, self.context, networks)
-        self.patches = PatchStreams(self.domain_a, self.domain_b, train, self.context)
         self.judge.prepare(self.domain_a, self.domain_b, self.is_main_process)
         self.validation_set = self.judge.validation_set
         if checkpoint is not None:
@@ -294,7 +328,7 @@ class Trainer:
         train = self.config.train
         total = train.total_steps
         start_step = self.step
-        self._active_seconds, self._clock = 0.0, time.perf_counter()
+        self._clock = RunClock()
         finished = False
         step_losses: dict[str, torch.Tensor] = {}
         try:
@@ -312,7 +346,7 @@ class Trainer:
                 finished = last
                 preview = self._maybe_preview(last)
                 yield self._event(start_step, lr, losses, preview, checkpoint, last)
-                self._clock = time.perf_counter()  # the consumer's time is not training time
+                self._clock.resume()  # the consumer's time is not training time
             if not finished:  # stop() was called between two steps
                 finished = True
                 losses = self._read_losses(step_losses) if step_losses else None
@@ -355,26 +389,16 @@ class Trainer:
         every = self.config.train.preview_every
         if not self.is_main_process or not every or not (last or self.step % every == 0):
             return None
-        return self.preview()
+        return self.patches.preview(self.cyclegan.preview)
 
     def _read_losses(self, step_losses: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Bring the losses (averaged over ranks) to the host and check they are finite."""
-        names = self.cyclegan.loss_names
-        stacked = distributed.mean_over_ranks(
-            torch.stack([step_losses[name].float() for name in names]), self.context
+        self.last_losses = read_losses(
+            step_losses, self.cyclegan.loss_names, self.context, self.step
         )
-        losses = dict(zip(names, stacked.tolist(), strict=True))
-        bad = [name for name, value in losses.items() if not math.isfinite(value)]
-        if bad:
-            raise TrainingDiverged.at(self.step, bad)
-        self.last_losses = losses
-        return losses
+        return self.last_losses
 
     def _event(self, start_step, lr, losses, preview, checkpoint, last) -> TrainEvent:
-        now = time.perf_counter()
-        self._active_seconds += now - self._clock
-        self._clock = now
-        elapsed = self._active_seconds
+        elapsed = self._clock.lap()
         speed = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
         total = self.config.train.total_steps
         verdict = self.judge.judge(self.step, losses, last, self.cyclegan, lambda: self.model)
@@ -400,20 +424,6 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ outputs
-    def preview(self) -> dict[str, np.ndarray]:
-        """G and F (one-sided: G alone) applied to the fixed preview patches, in each
-        domain's values."""
-        real_a, real_b = self.patches.preview_a, self.patches.preview_b
-        fake_b, fake_a = self.cyclegan.preview(real_a, real_b)
-        preview = {
-            "real_A": self.domain_a.norm.denormalize(real_a.numpy()[0]),
-            "fake_B": self.domain_b.norm.denormalize(fake_b),
-        }
-        if fake_a is not None:
-            preview["real_B"] = self.domain_b.norm.denormalize(real_b.numpy()[0])
-            preview["fake_A"] = self.domain_a.norm.denormalize(fake_a)
-        return preview
-
     @property
     def model(self) -> CycleStyleModel:
         """The generators as they are now (copies in eval mode), with the domains'
