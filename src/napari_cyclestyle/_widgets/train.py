@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import Container, Label, ProgressBar, PushButton
-from napari.utils.notifications import show_error, show_info, show_warning
+from magicgui.widgets import Container, PushButton
+from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
 from superqt import QCollapsible
 
@@ -30,6 +30,7 @@ from ._plots import LossPlot
 from ._previews import PreviewLayers
 from ._registry import trained_models
 from ._remembered import RememberedFields
+from ._run_panel import RunPanel
 from ._startup import avoid_llvm_clash, import_in_background
 from ._train_fields import TrainingFields
 from ._workers import Failure, TrainingRun, training_worker
@@ -85,26 +86,17 @@ class TrainWidget(Container):
         )
 
         # ---------------------------------------------------------------- controls
-        self.start_button = PushButton(text="Start")
-        self.pause_button = PushButton(text="Pause", enabled=False)
-        self.stop_button = PushButton(text="Stop", enabled=False)
-        self.buttons = Container(
-            layout="horizontal",
-            labels=False,
-            widgets=[self.start_button, self.pause_button, self.stop_button],
-        )
-        self.buttons.margins = (0, 0, 0, 0)
-        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
-        self.status = Label(label="", value="ready")
-        self.health = Label(label="", value="")
-        self.health.native.setWordWrap(True)
+        self.panel = RunPanel()
+        for name in ("start_button", "pause_button", "stop_button", "progress", "status"):
+            setattr(self, name, getattr(self.panel, name))  # scripts read widget.status, ...
+        self.health = self.panel.health
 
         self.extend([*self.domains.main, *self.fields.main])
         fold = QCollapsible("advanced")
         fold.addWidget(self.advanced.native)
         self.native.layout().addWidget(fold)
         self.advanced_fold = fold
-        self.extend([self.buttons, self.progress, self.status, self.health])
+        self.extend(self.panel.widgets)
         import_in_background()  # before the loss plot, which waits for matplotlib
         self.loss_plot = LossPlot()
         self.native.layout().addWidget(self.loss_plot)
@@ -183,10 +175,7 @@ class TrainWidget(Container):
         self.model_path = None
         self.last_event = None
         self.loss_plot.clear()
-        self.health.value = ""
-        self.progress.max = config.train.total_steps
-        self.progress.value = 0
-        self.status.value = "preparing the data and networks…"
+        self.panel.starting(config.train.total_steps)
         worker = training_worker(
             run,
             domain_a,
@@ -203,7 +192,6 @@ class TrainWidget(Container):
         worker.paused.connect(self._on_paused)
         worker.resumed.connect(self._on_resumed)
         self.worker = worker
-        self._set_controls(running=True)
         worker.start()
 
     def pause(self, _=None) -> None:
@@ -218,9 +206,7 @@ class TrainWidget(Container):
             return
         self._run.stop()
         self.worker.resume()
-        self.status.value = "stopping: saving the model…"
-        self.stop_button.enabled = False
-        self.pause_button.enabled = False
+        self.panel.stopping()
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop a running training and wait until it has saved (the viewer or this
@@ -249,29 +235,18 @@ class TrainWidget(Container):
             return
         self.last_event = event
         self.progressed.emit(event)
-        self.progress.max = event.total_steps
-        self.progress.value = event.step
-        self.status.value = (
-            f"step {event.step}/{event.total_steps} · {event.steps_per_second:.1f} steps/s"
-            f" · {format_seconds(event.seconds_left)} left"
-        )
+        self.panel.show(event)
         if event.losses:
             self.loss_plot.add(event.step, event.losses)
         if event.validation:
             self.loss_plot.add_validation(event.step, event.validation)
         for warning in event.warnings:
-            self._warn(warning)
+            self.panel.warn(warning)
         if event.preview:
             self.previews.show(event.preview, int(self.crop_size.value))
         if event.finished:
             self.loss_plot.redraw()
             self._finish(event)
-
-    def _warn(self, warning) -> None:
-        """A health warning: a notification, and a line kept under the status."""
-        show_warning(f"Training health: {warning}")
-        lines = [line for line in self.health.value.split("\n") if line]
-        self.health.value = "\n".join([*lines, f"⚠ {warning}"])
 
     def _finish(self, event) -> None:
         run = self._run
@@ -302,19 +277,12 @@ class TrainWidget(Container):
         self.worker = None
         if self._closed:
             return
-        self._set_controls(running=False)
+        self.panel.set_running(False)
 
     def _on_paused(self) -> None:
         if not self._closed:
-            self.pause_button.text = "Resume"
-            self.status.value = "paused at step " + str(getattr(self.last_event, "step", 0))
+            self.panel.paused(getattr(self.last_event, "step", 0))
 
     def _on_resumed(self) -> None:
         if not self._closed:
-            self.pause_button.text = "Pause"
-
-    def _set_controls(self, running: bool) -> None:
-        self.start_button.enabled = not running
-        self.pause_button.enabled = running
-        self.stop_button.enabled = running
-        self.pause_button.text = "Pause"
+            self.panel.resumed()
