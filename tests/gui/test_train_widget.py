@@ -13,7 +13,7 @@ from napari_cyclestyle._widgets._previews import PREVIEW_NAMES
 from napari_cyclestyle._widgets.train import TrainWidget
 
 
-def test_widgets_and_sample_data_open_from_the_manifest(make_napari_viewer):
+def test_widgets_and_sample_data_open_from_the_manifest(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     layers = viewer.open_sample("napari-cyclestyle", "brightfield_stained")
     assert [layer.name for layer in layers] == ["domain A (brightfield)", "domain B (stained)"]
@@ -24,10 +24,12 @@ def test_widgets_and_sample_data_open_from_the_manifest(make_napari_viewer):
 
     assert isinstance(train, TrainWidget)
     assert type(translate).__name__ == "TranslateWidget"
-    # the sample layers are preselected, and auto shows what it picked
+    # the sample layers are preselected
     assert train.layers_a.value == [layers[0]]
     assert train.layers_b.value == [layers[1]]
-    assert train.device_info.value.startswith("auto → ")
+    # auto shows what it picked once torch is imported, in the background
+    qtbot.waitUntil(lambda: train.device_info.value.startswith("auto → "), timeout=60_000)
+    assert translate.device_info.value.startswith("auto → ")
 
 
 def test_training_run_shows_progress_previews_losses_and_saves_a_model(
@@ -357,3 +359,21 @@ def test_the_advanced_fold_offers_the_methods_at_the_configurations_defaults(qtb
     assert config.train.augment_policies == ("translation", "cutout")
     assert config.train.lambda_nce == 1.0 and config.train.nce_patches == 64
     assert config.train.mode == "fastcut"
+
+
+def test_progress_is_shown_a_few_times_a_second_and_always_at_the_end(qtbot):
+    from napari_cyclestyle import TrainEvent
+    from napari_cyclestyle._widgets._run_panel import RunPanel
+
+    panel = RunPanel(min_interval=3600)
+    panel.starting(total_steps=10)
+
+    def event(step, finished=False):
+        return TrainEvent(step, 10, 1e-3, step, 10 - step, 1.0, finished=finished)
+
+    panel.show(event(1))
+    assert panel.progress.value == 1 and panel.status.value.startswith("step 1/10")
+    panel.show(event(2))  # too soon after the last update: the dock is not redrawn
+    assert panel.progress.value == 1
+    panel.show(event(10, finished=True))
+    assert panel.progress.value == 10 and panel.status.value.startswith("step 10/10")
