@@ -11,6 +11,8 @@ from napari.layers import Image, Layer
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QApplication, QWidget
 
+from ._startup import import_in_background, imports_done, when_imported
+
 
 def image_data(layer: Layer):
     """The array behind an image layer (the full-resolution level of a multiscale one).
@@ -49,6 +51,21 @@ def image_layers(viewer, own: bool = True) -> list[tuple[str, Image]]:
         for layer in viewer.layers
         if isinstance(layer, Image) and (own or not is_own_layer(layer))
     ]
+
+
+def show_device_choice(choice, info) -> None:
+    """Keep the label ``info`` saying what the device ``choice`` (a combo box) means on
+    this machine: once the widgets' background imports have brought torch in, so that
+    opening a widget never imports it in the GUI thread."""
+
+    def show(_value=None) -> None:
+        if imports_done():  # else the call below shows it when they are
+            info.value = describe_device_choice(choice.value)
+
+    import_in_background()
+    info.value = "checking the devices…"
+    choice.changed.connect(show)
+    when_imported(show, owner=info.native)
 
 
 def describe_device_choice(choice: str) -> str:

@@ -1,5 +1,5 @@
-"""Start-up workarounds for torch inside napari: the triton guard, one core left for
-the viewer, and the slow imports done in a background thread.
+"""Start-up workarounds for torch inside napari: the triton guard, and the slow imports
+(torch among them) done in a background thread.
 
 They exist because of how torch, Mesa's OpenGL driver and Qt's event loop meet in one
 process; the widgets' own helpers are :mod:`._common`. Measurements:
@@ -42,19 +42,18 @@ def avoid_llvm_clash() -> bool:
 def import_in_background() -> None:
     """Make torch ready for the widgets' workers without holding up the window.
 
-    The quick parts happen now, in the GUI thread: the triton guard (napari's viewer
+    The quick part happens now, in the GUI thread: the triton guard (napari's viewer
     loads the OpenGL driver when it is built, before any widget, so the check sees the
-    clash and the guard is set before the thread below may import triton) and torch's
-    thread count. The slow part, importing the core's torch modules, ``torch._dynamo``
-    (torch's optimisers import it on first use) and matplotlib's Qt backend (the loss
-    plot), takes seconds and is started in a background thread, once for all widgets:
+    clash and the guard is set before the thread below may import triton). The slow
+    part, importing torch and the core's torch modules, ``torch._dynamo`` (torch's
+    optimisers import it on first use) and matplotlib's Qt backend (the loss plot),
+    takes seconds and is started in a background thread, once for all widgets:
     in a thread it stalls the event loop for a fraction of what it froze the window for
     in the GUI thread (figures: benchmarks/README.md, "Opening the training widget").
     Workers call :func:`wait_for_imports` before they use torch.
     """
     global _imports
     avoid_llvm_clash()
-    leave_a_core_for_the_viewer()
     if _imports is None:
         _imports = _BackgroundImports()
 
@@ -68,16 +67,36 @@ def wait_for_imports() -> None:
         _imports.thread.join()
 
 
-def when_imported(slot: Callable[[], None]) -> None:
+def imports_done() -> bool:
+    """Whether the background imports have finished (or were never started)."""
+    return _imports is None or _imports.done
+
+
+def when_imported(slot: Callable[[], None], owner: QObject | None = None) -> None:
     """Call ``slot`` in the GUI thread once the background imports have finished: now
     if they have (or were never started), else from the event loop.
 
-    Give a bound method of a QObject: the connection ends when that object is deleted.
+    Give a bound method of a QObject, or the ``owner`` whose deletion ends the wait
+    (a widget ``slot`` writes to), so that a closed widget is not called.
     """
-    if _imports is None or _imports.done:
+    if imports_done():
         slot()
+    elif owner is not None:
+        _imports.ready.connect(_Call(owner, slot).run)
     else:
         _imports.ready.connect(slot)
+
+
+class _Call(QObject):
+    """``call`` as the slot of a child of ``owner``: deleted, and disconnected, with it."""
+
+    def __init__(self, owner: QObject, call: Callable[[], None]) -> None:
+        super().__init__(owner)
+        self.call = call
+
+    @Slot()
+    def run(self) -> None:
+        self.call()
 
 
 def _import_heavy_modules() -> None:
@@ -120,19 +139,3 @@ class _BackgroundImports(QObject):
 
 
 _imports: _BackgroundImports | None = None
-
-
-def leave_a_core_for_the_viewer() -> None:
-    """Run torch on one core fewer than the machine has.
-
-    torch's OpenMP threads spin-wait for each other; when one of them shares its core
-    with napari's drawing, every operation waits for it (figures: benchmarks/README.md).
-    Done once, in the GUI thread, before any worker starts.
-    """
-    import os
-
-    import torch
-
-    cores = os.cpu_count() or 1
-    if torch.get_num_threads() >= cores:
-        torch.set_num_threads(max(1, cores - 1))

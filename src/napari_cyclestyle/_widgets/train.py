@@ -24,7 +24,7 @@ from psygnal import Signal
 from superqt import QCollapsible
 
 from ..config import Config
-from ._common import StopOnClose, describe_device_choice, format_seconds
+from ._common import StopOnClose, format_seconds, show_device_choice
 from ._domains import DOMAIN_FIELDS, DomainFields
 from ._plots import LossPlot
 from ._previews import PreviewLayers
@@ -105,8 +105,7 @@ class TrainWidget(Container):
         self.pause_button.changed.connect(self.pause)
         self.stop_button.changed.connect(self.stop)
         self.reset_button.changed.connect(self.remembered.reset)
-        self.device.changed.connect(self._show_device)
-        self._show_device()
+        show_device_choice(self.device, self.device_info)
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._on_layers_changed)
@@ -130,9 +129,6 @@ class TrainWidget(Container):
         not one of this container's widgets)."""
         self.reset_choices()
         self.advanced.reset_choices()
-
-    def _show_device(self, _value=None) -> None:
-        self.device_info.value = describe_device_choice(self.device.value)
 
     def config(self) -> Config:
         """The :class:`~napari_cyclestyle.Config` the fields describe.

@@ -28,9 +28,9 @@ from ..choices import DEVICES
 from ..layout import infer_layout
 from ._common import (
     StopOnClose,
-    describe_device_choice,
     image_data,
     image_layers,
+    show_device_choice,
 )
 from ._model_choice import ModelChoice
 from ._registry import TrainedModel, trained_models
@@ -118,8 +118,7 @@ class TranslateWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self.export_model)
-        self.device.changed.connect(self._show_device)
-        self._show_device()
+        show_device_choice(self.device, self.device_info)
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._on_layers_changed)
@@ -142,9 +141,6 @@ class TranslateWidget(Container):
         self.model.reset_choices()
         self.model.value = entry  # the model just trained is the one to try
         self.models.on_choice()
-
-    def _show_device(self, _value=None) -> None:
-        self.device_info.value = describe_device_choice(self.device.value)
 
     @property
     def loaded_model(self):
