@@ -72,7 +72,7 @@ class LossPlot(QWidget):
         Log-scaled value axes when checked.
     """
 
-    def __init__(self, parent: QWidget | None = None, min_interval: float = 0.5):
+    def __init__(self, parent: QWidget | None = None, min_interval: float = 1.0):
         super().__init__(parent)
         self.min_interval = min_interval
         self.steps: list[int] = []
