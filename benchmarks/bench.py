@@ -417,7 +417,8 @@ def _display_wrapper() -> tuple[list[str] | None, str | None]:
     return None, "no display and no xvfb-run"
 
 
-def _machine() -> dict:
+def machine_facts() -> dict:
+    """The CPU's model name, its core count, the platform, Python and the load average."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -441,7 +442,7 @@ def run_all(args: argparse.Namespace) -> dict:
     """Every measurement, each in its own process (or all in one with
     ``--quick``/``--one-process``); the collected results."""
     settings = QUICK if args.quick else FULL
-    results: dict = {"quick": args.quick, "machine": _machine()}
+    results: dict = {"quick": args.quick, "machine": machine_facts()}
     results["matmul"] = _run_isolated(["matmul"], args)[0]
     training_keys = [
         (case.name, batch_size, "batched" if batched else "eager", "auto", "on", "nchw")

@@ -136,25 +136,6 @@ def _in_child(kind: str, *arguments) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def _machine() -> dict:
-    import platform
-
-    import torch
-
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "isa": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="n_steps (widget default 300)")
@@ -174,7 +155,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import tempfile
 
-    results: dict = {"machine": _machine(), "cold_open": [], "viewer": [], "plain": []}
+    import torch
+    from bench import machine_facts  # this script's folder is on sys.path
+
+    machine = machine_facts() | {"isa": torch.backends.cpu.get_cpu_capability()}
+    results: dict = {"machine": machine, "cold_open": [], "viewer": [], "plain": []}
     with tempfile.TemporaryDirectory() as folder:
         os.environ["BENCH_DIR"] = folder
         results["cold_open"].append(_in_child("cold"))
@@ -182,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             run = _in_child("viewer", args.steps, args.decay, not args.no_preview)
             results["viewer"].append(run)
             results["plain"].append(_in_child("plain", run["config"], run["threads"]))
-    machine = results["machine"]
-    print(f"CPU: {machine['cpu']}, {machine['cores']} cores, ISA {machine['isa']}")
+    print(f"CPU: {machine['cpu']}, {machine['cpu_count']} cores, ISA {machine['isa']}")
     for name, seconds in results["cold_open"][0]["open_seconds"].items():
         print(f"cold open '{name}': {seconds:.2f} s")
     for viewer, plain in zip(results["viewer"], results["plain"], strict=True):
