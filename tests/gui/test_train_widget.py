@@ -132,6 +132,35 @@ def test_losses_added_before_the_plot_canvas_exists_are_drawn_once_it_is(qtbot, 
     assert plot.lines["G adv"].get_label() == "G adv 0.49"
 
 
+def test_the_loss_plot_spans_the_run_and_keeps_every_value_in_view(qtbot):
+    from napari_cyclestyle._widgets._plots import LossPlot
+
+    plot = LossPlot(min_interval=0.0)
+    qtbot.addWidget(plot)
+    qtbot.waitUntil(lambda: plot.canvas is not None)
+    plot.clear(total_steps=500)
+    for step in range(10, 110, 10):
+        plot.add(step, {"G_adversarial": 1.0 - step / 1000, "cycle_A": 2.0})
+        plot.refresh()
+    axes = plot.axes["generators (adversarial)"]
+    assert axes.get_xlim() == (0, 500)  # the whole run from its first step
+    low, high = axes.get_ylim()
+    assert low <= 0.9 and high >= 1.0
+
+    rendered = plot.full_draw_count
+    plot.add(110, {"G_adversarial": 0.95, "cycle_A": 2.0})
+    plot.redraw()
+    assert plot.full_draw_count == rendered  # a value in view: the curves alone drawn
+    assert plot.lines["G adv"].get_label() == f"G adv {plot.smoothed['G adv'][-1]:.3g}"
+    plot.add(120, {"G_adversarial": 7.5, "cycle_A": 2.0})
+    plot.redraw()
+    assert axes.get_ylim()[1] >= 7.5 and plot.full_draw_count == rendered + 1
+
+    plot.log_scale.setChecked(True)
+    low, high = axes.get_ylim()
+    assert 0 < low <= 0.89 and high >= 7.5
+
+
 def test_start_during_the_background_imports_waits_in_the_worker(
     monkeypatch, train_widget, tiny_settings, wait_done, tmp_path
 ):
@@ -143,8 +172,7 @@ def test_start_during_the_background_imports_waits_in_the_worker(
 
     train_widget.start()
 
-    assert imports.thread.is_alive()  # start() returned without waiting for them
-    assert train_widget.is_running
+    assert not imports.done and train_widget.is_running  # start() did not wait for them
     release.set()
     wait_done(train_widget)
     assert [event.step for event in events] == [1, 2] and events[-1].finished
@@ -291,16 +319,17 @@ def test_the_window_stays_responsive_while_training(
     timer = QTimer()
     timer.setInterval(20)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    # Measured once the preview layers exist: napari adding a layer (and redrawing its
-    # canvas in software GL under Xvfb) costs a few hundred ms once, which is napari's,
-    # not the training's. From then on: in-place previews, loss plots, progress.
+    # Measured once the preview layers exist: napari adding a layer to this test's
+    # hidden window (in software GL under Xvfb) costs 0.3-0.7 s once, which is napari's;
+    # benchmarks/bench_viewer.py measures a shown window from Start. From then on:
+    # in-place previews, loss plots and progress (gaps of 0.15 s at most here).
     train_widget.start()
     qtbot.waitUntil(lambda: len(train_widget._preview_layers) == 2, timeout=60_000)
     first_step = train_widget.last_event.step
     timer.start()
     started = time.perf_counter()
     while time.perf_counter() - started < 60 and (
-        time.perf_counter() - started < 1.5 or train_widget.last_event.step < first_step + 6
+        time.perf_counter() - started < 3 or train_widget.last_event.step < first_step + 6
     ):
         qtbot.wait(50)
     timer.stop()
@@ -312,7 +341,7 @@ def test_the_window_stays_responsive_while_training(
     gaps = np.diff(ticks)
     assert still_running and steps_done >= 3, "training did not run during the measurement"
     worst = int(np.argmax(gaps))
-    assert gaps.max() < 0.5, (
+    assert gaps.max() < 0.3, (
         f"the GUI froze for {gaps.max():.2f} s, "
         f"{ticks[worst] - started:.2f} s into the measurement"
     )
@@ -359,6 +388,38 @@ def test_the_advanced_fold_offers_the_methods_at_the_configurations_defaults(qtb
     assert config.train.augment_policies == ("translation", "cutout")
     assert config.train.lambda_nce == 1.0 and config.train.nce_patches == 64
     assert config.train.mode == "fastcut"
+
+
+def test_a_burst_of_events_updates_the_dock_once_and_the_last_event_shows_all(
+    train_widget, viewer
+):
+    from napari_cyclestyle import TrainEvent
+
+    train_widget.panel.min_interval = 3600  # every event after the first comes "too soon"
+    train_widget.panel.starting(total_steps=10)
+
+    def event(step, finished=False):
+        patch = np.full((1, 8, 8), step / 10, np.float32)
+        return TrainEvent(
+            step,
+            10,
+            1e-3,
+            step,
+            10 - step,
+            1.0,
+            losses={"G_adversarial": step / 10},
+            preview={"real_A": patch, "fake_B": patch},
+            finished=finished,
+        )
+
+    train_widget._on_yielded(event(1))
+    preview = train_widget._preview_layers["G"]
+    train_widget._on_yielded(event(2))
+    assert train_widget.progress.value == 1 and preview.data.max() == pytest.approx(0.1)
+    assert train_widget.loss_plot.steps == [1, 2]  # recorded, drawn with the next update
+    train_widget._on_yielded(event(10, finished=True))
+    assert train_widget.progress.value == 10 and preview.data.max() == pytest.approx(1.0)
+    assert list(train_widget.loss_plot.lines["G adv"].get_xdata()) == [1, 2, 10]
 
 
 def test_progress_is_shown_a_few_times_a_second_and_always_at_the_end(qtbot):

@@ -2,8 +2,13 @@
 
 Four small panels (generators' adversarial losses, cycle and identity losses, the
 discriminators, validation), each loss an exponential moving average over its faint
-raw values, the latest value in the legend, and a log-scale toggle. Matplotlib in Qt,
-redrawn only on new values.
+raw values, the latest value in the legend, and a log-scale toggle. Matplotlib in Qt.
+
+New values are drawn incrementally: the axes, ticks and grid are rendered once and kept
+as a background, and each update draws only the curves and legends over it (matplotlib's
+blitting). The x-axis spans the run's steps from the start, and the value axes widen
+with headroom only when a value falls outside them, so the whole figure is rendered
+again only then, on a resize or on the log-scale toggle.
 """
 
 from __future__ import annotations
@@ -48,14 +53,20 @@ VALIDATION_CURVES = {
 _CURVES = {curve: keys for group in LOSS_GROUPS.values() for curve, keys in group.items()}
 # Weight of a new value in the moving average of a loss.
 SMOOTHING = 0.1
+# Room added on either side of the values when a value axis has to widen, as a
+# fraction of their span (of their decades on a log scale): the next values then
+# mostly fit, and the figure is not rendered again for each.
+HEADROOM = 0.25
 
 
 class LossPlot(QWidget):
     """Loss and validation curves over training steps.
 
-    :meth:`add` and :meth:`add_validation` record values; the canvas is redrawn at most
-    every ``min_interval`` seconds (and always by :meth:`redraw`), so a fast training
-    loop cannot flood the GUI thread with drawing.
+    :meth:`add` and :meth:`add_validation` record values; :meth:`refresh` draws them
+    if the last draw is ``min_interval`` seconds old (:meth:`redraw`: at once), so a
+    fast training loop cannot flood the GUI thread with drawing, and its owner can draw
+    when it repaints its other parts. A redraw draws the curves over the kept
+    background unless the axes must change (see the module's docstring).
 
     Importing matplotlib takes about a second, so the canvas (``figure``, ``axes``,
     ``lines``, ``raw_lines``, ``canvas``; None or empty until then) is built once the
@@ -68,8 +79,13 @@ class LossPlot(QWidget):
         The steps with losses, each loss curve's raw values and their moving average.
     validation_steps, validation : list, dict
         The steps with validation values, and each validation curve's values.
+    total_steps : int or None
+        The run's steps, the x-axis's extent (None: it widens with the steps).
     log_scale : QCheckBox
         Log-scaled value axes when checked.
+    draw_count, full_draw_count : int
+        How many redraws showed new values, and how many of them rendered the whole
+        figure (the others drew the curves alone).
     """
 
     def __init__(self, parent: QWidget | None = None, min_interval: float = 1.0):
@@ -80,7 +96,12 @@ class LossPlot(QWidget):
         self.smoothed: dict[str, list[float]] = {name: [] for name in _CURVES}
         self.validation_steps: list[int] = []
         self.validation: dict[str, list[float]] = {name: [] for name in VALIDATION_CURVES}
+        self.total_steps: int | None = None
         self.draw_count = 0
+        self.full_draw_count = 0
+        self._background = None  # the rendered figure without curves and legends
+        self._needs_full_draw = True
+        self._legend_lines: dict[Axes, list[Line2D]] = {}  # the curves each legend shows
         self._last_draw = 0.0
         self._dirty = False
         self.figure: Figure | None = None
@@ -125,7 +146,12 @@ class LossPlot(QWidget):
         for name in VALIDATION_CURVES:
             axes = self.axes["validation"]
             self.lines[name] = axes.plot([], [], lw=1.2, marker="o", ms=2.5, label=name)[0]
+        for line in self.lines.values():
+            line.set_animated(True)
+        for line in self.raw_lines.values():
+            line.set_animated(True)
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.mpl_connect("draw_event", self._keep_background)
         self.canvas.setStyleSheet("background-color: transparent;")
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.layout().addWidget(self.canvas)
@@ -133,8 +159,10 @@ class LossPlot(QWidget):
         self._dirty = True
         self.redraw()  # the values added so far
 
-    def clear(self) -> None:
-        """Forget all values (a new run starts)."""
+    def clear(self, total_steps: int | None = None) -> None:
+        """Forget all values: a new run of ``total_steps`` starts (None: not known)."""
+        self.total_steps = total_steps
+        self._needs_full_draw = True
         self.steps.clear()
         self.validation_steps.clear()
         for series in (self.values, self.smoothed, self.validation):
@@ -144,7 +172,7 @@ class LossPlot(QWidget):
         self.redraw()
 
     def add(self, step: int, losses: dict[str, float]) -> None:
-        """Record the losses of ``step``; redraw if the last draw is old enough."""
+        """Record the losses of ``step`` (drawn by the next :meth:`refresh`)."""
         self.steps.append(step)
         for name, keys in _CURVES.items():
             present = [float(losses[key]) for key in keys if key in losses]
@@ -155,17 +183,18 @@ class LossPlot(QWidget):
             smoothed.append(
                 value if math.isnan(previous) else previous + SMOOTHING * (value - previous)
             )
-        self._changed()
+        self._dirty = True
 
     def add_validation(self, step: int, values: dict[str, float]) -> None:
         """Record a step's validation values (see :data:`VALIDATION_CURVES`)."""
         self.validation_steps.append(step)
         for name, key in VALIDATION_CURVES.items():
             self.validation[name].append(float(values.get(key, float("nan"))))
-        self._changed()
-
-    def _changed(self) -> None:
         self._dirty = True
+
+    def refresh(self) -> None:
+        """Draw the values recorded since the last draw, if that is ``min_interval``
+        seconds old."""
         if time.perf_counter() - self._last_draw >= self.min_interval:
             self.redraw()
 
@@ -175,8 +204,11 @@ class LossPlot(QWidget):
         self.redraw()
 
     def _apply_scale(self) -> None:
+        log = self.log_scale.isChecked()
         for axes in self.axes.values():
-            axes.set_yscale("log" if self.log_scale.isChecked() else "linear")
+            axes.set_yscale("log" if log else "linear")
+            axes.set_ylim(0.1 if log else 0.0, 1.0)  # any scale can draw; values refit
+        self._needs_full_draw = True
 
     def redraw(self) -> None:
         """Draw the recorded values now (no-op when nothing changed, or until the canvas
@@ -190,17 +222,97 @@ class LossPlot(QWidget):
         for name in VALIDATION_CURVES:
             self.lines[name].set_data(self.validation_steps, self.validation[name])
             self.lines[name].set_label(_latest(name, self.validation[name]))
+        full = self._needs_full_draw or self._background is None
+        full = self._fit_x_axis() or full
         for axes in self.axes.values():
-            shown = [line for line in axes.get_lines() if line.get_label()[0] != "_"]
-            shown = [line for line in shown if any(v == v for v in line.get_ydata())]
-            if shown:
-                axes.legend(handles=shown, fontsize=6, loc="upper right", framealpha=0.3)
-            axes.relim()
-            axes.autoscale_view()
-        self.canvas.draw_idle()
+            full = self._fit_value_axis(axes) or full
+            full = self._update_legend(axes) or full
+        if full:
+            self.canvas.draw()  # renders all; _keep_background draws the curves
+            self.full_draw_count += 1
+            self._needs_full_draw = False
+        else:
+            self.canvas.restore_region(self._background)
+            self._draw_curves()
+            # painted with the event loop's other repaints, not at once as blit() does:
+            # in napari's window each repaint composes the whole window in OpenGL
+            self.canvas.update()
         self.draw_count += 1
         self._dirty = False
         self._last_draw = time.perf_counter()
+
+    def _keep_background(self, _event) -> None:
+        """After each full render (ours, a resize's): keep it, then draw the curves."""
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self._draw_curves()
+
+    def _draw_curves(self) -> None:
+        for axes in self.axes.values():
+            for line in axes.get_lines():
+                axes.draw_artist(line)
+            if axes.get_legend() is not None:
+                axes.draw_artist(axes.get_legend())
+
+    def _update_legend(self, axes: Axes) -> bool:
+        """Show the curves with values in ``axes``'s legend, their labels up to date;
+        True if it has other entries than before (it is then made anew)."""
+        shown = [line for line in axes.get_lines() if line.get_label()[0] != "_"]
+        shown = [line for line in shown if any(v == v for v in line.get_ydata())]
+        legend = axes.get_legend()
+        if self._legend_lines.get(axes) == shown:
+            texts = legend.get_texts() if legend is not None else []
+            for text, line in zip(texts, shown, strict=True):
+                text.set_text(line.get_label())
+            return False
+        self._legend_lines[axes] = shown
+        if shown:
+            legend = axes.legend(handles=shown, fontsize=6, loc="upper right", framealpha=0.3)
+            legend.set_animated(True)
+        elif legend is not None:
+            legend.remove()
+        return True
+
+    def _fit_x_axis(self) -> bool:
+        """Span the run's steps (or widen past the last); True if the axis changed."""
+        last = max(self.steps[-1:] + self.validation_steps[-1:], default=1)
+        low, high = self.axes["validation"].get_xlim()
+        if low == 0 and last <= high:
+            return False
+        high = self.total_steps if self.total_steps and last <= self.total_steps else None
+        high = high or _padded(0, last, log=False)[1]
+        for axes in self.axes.values():
+            axes.set_xlim(0, high)
+        return True
+
+    def _fit_value_axis(self, axes: Axes) -> bool:
+        """Widen ``axes``'s value range, with :data:`HEADROOM`, if a value falls
+        outside it; True if it changed."""
+        log = axes.get_yscale() == "log"
+        values = [
+            value
+            for line in axes.get_lines()
+            for value in line.get_ydata()
+            if math.isfinite(value) and (value > 0 or not log)
+        ]
+        if not values:
+            return False
+        low, high = axes.get_ylim()
+        least, most = min(values), max(values)
+        if low <= least and most <= high and not self._needs_full_draw:
+            return False
+        axes.set_ylim(*_padded(least, most, log))
+        return True
+
+
+def _padded(least: float, most: float, log: bool) -> tuple[float, float]:
+    """Limits around the values ``least``…``most`` with :data:`HEADROOM` each side (in
+    decades on a log scale); a loss's axis stays at or above 0."""
+    if log:
+        low, high = _padded(math.log10(least), math.log10(most), log=False)
+        return 10**low, 10**high
+    room = HEADROOM * ((most - least) or abs(most) or 1.0)
+    low = least - room
+    return (0.0 if least >= 0 > low else low), most + room
 
 
 def _latest(name: str, values: list[float]) -> str:
