@@ -12,6 +12,9 @@ from qtpy.QtCore import QTimer
 from ._common import OWN_LAYER_KEY
 
 PREVIEW_NAMES = {"G": "preview: a | G(a)", "F": "preview: b | F(b)"}
+# Milliseconds between adding one preview layer and the next: room for the window to
+# paint the first and answer input (each add takes napari ~60-150 ms).
+LAYER_SPACING_MS = 50
 
 
 class PreviewLayers:
@@ -47,7 +50,8 @@ class PreviewLayers:
 
     def _update(self, pending: list, crop_size: int) -> None:
         """Update preview layers in place; adding a layer is slow, so at most one is
-        added per turn of the event loop (the window keeps responding)."""
+        added per turn of the event loop, :data:`LAYER_SPACING_MS` apart (the window
+        keeps responding)."""
         while pending and not self._is_closed():
             key, image, rgb = pending.pop(0)
             layer = self.layers.get(key)
@@ -69,7 +73,7 @@ class PreviewLayers:
             self.added.append(layer)
             self._on_added()  # the layer list changed before the preview was known
             if pending:
-                QTimer.singleShot(0, lambda: self._update(pending, crop_size))
+                QTimer.singleShot(LAYER_SPACING_MS, lambda: self._update(pending, crop_size))
                 return
 
     def _origin(self, key: str, crop_size: int) -> tuple[float, float]:

@@ -12,7 +12,10 @@ import sys
 import threading
 from collections.abc import Callable
 
-from qtpy.QtCore import QObject, Signal, Slot
+from qtpy.QtCore import QEvent, QObject, QTimer, Signal, Slot
+from qtpy.QtWidgets import QWidget
+
+from ._background import in_the_background
 
 
 def avoid_llvm_clash() -> bool:
@@ -39,7 +42,7 @@ def avoid_llvm_clash() -> bool:
     return clash
 
 
-def import_in_background() -> None:
+def import_in_background(after_painting: QWidget | None = None) -> None:
     """Make torch ready for the widgets' workers without holding up the window.
 
     The quick part happens now, in the GUI thread: the triton guard (napari's viewer
@@ -47,15 +50,18 @@ def import_in_background() -> None:
     clash and the guard is set before the thread below may import triton). The slow
     part, importing torch and the core's torch modules, ``torch._dynamo`` (torch's
     optimisers import it on first use) and matplotlib's Qt backend (the loss plot),
-    takes seconds and is started in a background thread, once for all widgets:
-    in a thread it stalls the event loop for a fraction of what it froze the window for
-    in the GUI thread (figures: benchmarks/README.md, "Opening the training widget").
+    takes seconds and is done in a background thread, once for all widgets: in a
+    thread it stalls the event loop for a fraction of what it froze the window for in
+    the GUI thread (figures: benchmarks/README.md, "Opening the training widget"). The
+    thread starts once ``after_painting`` (the widget being opened) has been painted,
+    or, without one, when the event loop next runs: importing while the dock is laid out
+    and painted, the GIL the import holds made opening it 4-6× slower.
     Workers call :func:`wait_for_imports` before they use torch.
     """
     global _imports
     avoid_llvm_clash()
     if _imports is None:
-        _imports = _BackgroundImports()
+        _imports = _BackgroundImports(after_painting)
 
 
 def wait_for_imports() -> None:
@@ -64,6 +70,7 @@ def wait_for_imports() -> None:
     Call it from a worker thread: in the GUI thread it would freeze the window.
     """
     if _imports is not None:
+        _imports.start()  # if the event loop has not run yet
         _imports.thread.join()
 
 
@@ -109,13 +116,18 @@ def _import_heavy_modules() -> None:
     import matplotlib.backends.backend_qtagg  # noqa: F401
 
 
+# Milliseconds after which the imports start even if the dock has not been painted.
+LATEST_START_MS = 1000
+
+
 class _BackgroundImports(QObject):
-    """The thread importing :func:`_import_heavy_modules`; made in the GUI thread."""
+    """The thread importing :func:`_import_heavy_modules`; made in the GUI thread, it
+    starts from the event loop (see :func:`import_in_background`)."""
 
     _thread_finished = Signal()  # emitted by the thread, received in the GUI thread
     ready = Signal()  # emitted in the GUI thread once the imports have finished
 
-    def __init__(self) -> None:
+    def __init__(self, after_painting: QWidget | None = None) -> None:
         super().__init__()
         # Set and read in the GUI thread only, so a slot given to when_imported is
         # either called at once or connected before ``ready`` is emitted.
@@ -124,11 +136,23 @@ class _BackgroundImports(QObject):
         self.thread = threading.Thread(
             target=self._run, name="napari-cyclestyle imports", daemon=True
         )
-        self.thread.start()
+        self._starting = threading.Lock()
+        if after_painting is None:
+            QTimer.singleShot(0, self.start)
+        else:
+            after_painting.installEventFilter(_StartAfterPaint(after_painting, self))
+            QTimer.singleShot(LATEST_START_MS, self.start)  # a dock never painted (hidden)
+
+    def start(self) -> None:
+        """Start the thread, if it has not started (from any thread)."""
+        with self._starting:
+            if self.thread.ident is None:
+                self.thread.start()
 
     def _run(self) -> None:
         try:  # an error is printed here and raised again by the worker's own import
-            _import_heavy_modules()
+            with in_the_background():
+                _import_heavy_modules()
         finally:
             self._thread_finished.emit()
 
@@ -136,6 +160,20 @@ class _BackgroundImports(QObject):
     def _on_thread_finished(self) -> None:
         self.done = True
         self.ready.emit()
+
+
+class _StartAfterPaint(QObject):
+    """Starts the imports from the event loop once ``widget`` has been painted."""
+
+    def __init__(self, widget: QWidget, imports: _BackgroundImports) -> None:
+        super().__init__(widget)
+        self.imports = imports
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's)
+        if event.type() == QEvent.Type.Paint:
+            watched.removeEventFilter(self)
+            QTimer.singleShot(0, self.imports.start)
+        return False
 
 
 _imports: _BackgroundImports | None = None

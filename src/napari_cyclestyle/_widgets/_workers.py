@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from napari.qt.threading import thread_worker
 
+from ._background import in_the_background
 from ._startup import wait_for_imports
 
 
@@ -99,7 +100,8 @@ def training_worker(
         yield from trainer.run()
 
     try:
-        yield from failures_yielded(steps())
+        with in_the_background():
+            yield from failures_yielded(steps())
     finally:
         run.done.set()
 
@@ -139,10 +141,11 @@ def translate_worker(data, model, direction: str, device: str, channel_axis, sta
             translate_steps(data, model, direction, device=device, channel_axis=channel_axis)
         )
         try:
-            for step in steps:
-                if state.cancelled.is_set():
-                    return
-                yield step
+            with in_the_background():
+                for step in steps:
+                    if state.cancelled.is_set():
+                        return
+                    yield step
         finally:
             steps.close()  # ends the core's translation: its scratch files go
     finally:

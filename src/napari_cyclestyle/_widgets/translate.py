@@ -118,13 +118,13 @@ class TranslateWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self.export_model)
+        import_in_background(self.native)  # before the device line (it waits for them)
         show_device_choice(self.device, self.device_info)
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._on_layers_changed)
         trained_models.changed.connect(self._on_model_trained)
         self._close_watch = StopOnClose(self.native, self.shutdown)
-        import_in_background()
         self.models.on_choice()
 
     # ------------------------------------------------------------------ choices
