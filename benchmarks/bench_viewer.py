@@ -25,6 +25,8 @@ its ISA are printed (and with ``--json``, written).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import os
 import statistics
@@ -88,6 +90,8 @@ def _child_viewer_run(steps: int, decay: int, preview: bool) -> dict:
             widget.loss_plot.add = lambda *args: None
         elif experiment == "status":
             widget.panel.show = lambda event: None
+        elif experiment.startswith("interval"):  # seconds between dock updates
+            widget.panel.min_interval = float(experiment[len("interval") :])
         elif experiment.startswith("threads"):
             import torch
 
@@ -104,12 +108,14 @@ def _child_viewer_run(steps: int, decay: int, preview: bool) -> dict:
     timer.start()
     started = time.perf_counter()
     ticks.append(started)
+    window_cpu = _window_cpu_seconds()
     widget.start()
     waiting = QEventLoop()
     widget.worker.finished.connect(waiting.quit)
     waiting.exec()
     ticks.append(time.perf_counter())
     timer.stop()
+    window_cpu = [b - a for a, b in zip(window_cpu, _window_cpu_seconds(), strict=True)]
     import numpy as np
     import torch
 
@@ -123,10 +129,28 @@ def _child_viewer_run(steps: int, decay: int, preview: bool) -> dict:
         "wall_seconds": ticks[-1] - started,
         "largest_gaps": [[float(gaps[i]), float(ticks[i] - started)] for i in worst],
         "gaps_over_0.25s": int((gaps > 0.25).sum()),
+        "gui_thread_cpu_seconds": window_cpu[0],
+        "gl_threads_cpu_seconds": window_cpu[1],
         "config": widget.config().to_dict(),
     }
     viewer.close()
     return result
+
+
+def _window_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of the GUI thread (call it there) and of Mesa's software
+    OpenGL threads (``llvmpipe-N``): the window's work, which the training shares the
+    cores with."""
+    gl = 0.0
+    for stat in glob.glob("/proc/self/task/*/stat"):
+        with contextlib.suppress(OSError):
+            with open(stat) as file:
+                text = file.read()
+            name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1]
+            if name.startswith("llvmpipe"):
+                utime, stime = fields.split()[11:13]
+                gl += (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+    return time.thread_time(), gl
 
 
 def _child_plain_run(config: dict, threads: int) -> dict:
@@ -198,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{viewer['steps']} steps, {viewer['threads']} thread(s): viewer "
             f"{viewer['steps_per_second']:.2f} steps/s, plain {plain['steps_per_second']:.2f}"
             f" ({ratio:.0%}); wall {viewer['wall_seconds']:.1f} s; gaps over 0.25 s: "
-            f"{viewer['gaps_over_0.25s']}; largest: {gaps}"
+            f"{viewer['gaps_over_0.25s']}; largest: {gaps}; window CPU: GUI thread "
+            f"{viewer['gui_thread_cpu_seconds'] / viewer['wall_seconds']:.1%}, software GL "
+            f"{viewer['gl_threads_cpu_seconds'] / viewer['wall_seconds']:.1%} of a core"
         )
     if args.rounds > 1:
         ratios = [

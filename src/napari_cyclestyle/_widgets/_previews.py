@@ -7,14 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from qtpy.QtCore import QTimer
 
 from ._common import OWN_LAYER_KEY
 
 PREVIEW_NAMES = {"G": "preview: a | G(a)", "F": "preview: b | F(b)"}
-# Milliseconds between adding one preview layer and the next: room for the window to
-# paint the first and answer input (each add takes napari ~60-150 ms).
-LAYER_SPACING_MS = 50
 
 
 class PreviewLayers:
@@ -38,22 +34,16 @@ class PreviewLayers:
         self.added = []
         self.layers = {k: v for k, v in self.layers.items() if v in self.viewer.layers}
 
-    def show(self, preview: dict, crop_size: int) -> None:
+    def show(self, preview: dict, crop_size: int, all_at_once: bool = False) -> bool:
         """Show a training event's ``preview`` (patches of ``crop_size``): G's and F's,
-        or a one-sided run's (no F) G's alone."""
-        pending = [
-            (key, *preview_image(preview[real], preview[fake]))
-            for key, real, fake in (("G", "real_A", "fake_B"), ("F", "real_B", "fake_A"))
-            if fake in preview
-        ]
-        self._update(pending, crop_size)
-
-    def _update(self, pending: list, crop_size: int) -> None:
-        """Update preview layers in place; adding a layer is slow, so at most one is
-        added per turn of the event loop, :data:`LAYER_SPACING_MS` apart (the window
-        keeps responding)."""
-        while pending and not self._is_closed():
-            key, image, rgb = pending.pop(0)
+        or a one-sided run's (no F) G's alone. Layers are updated in place; adding one
+        takes napari 60-150 ms, so a call adds at most one (``all_at_once``: all), and
+        returns False while another is still to add (show a preview again later)."""
+        added = False
+        for key, real, fake in (("G", "real_A", "fake_B"), ("F", "real_B", "fake_A")):
+            if fake not in preview or self._is_closed():
+                continue
+            image, rgb = preview_image(preview[real], preview[fake])
             layer = self.layers.get(key)
             if layer is not None and layer in self.viewer.layers:
                 if layer.rgb == rgb and layer.data.shape == image.shape:
@@ -61,20 +51,21 @@ class PreviewLayers:
                     if not rgb:
                         layer.reset_contrast_limits()
                     continue
+            if added and not all_at_once:
+                return False
+            if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-            layer = self.viewer.add_image(
+            self.layers[key] = layer = self.viewer.add_image(
                 image,
                 name=PREVIEW_NAMES[key],
                 rgb=rgb,
                 translate=self._origin(key, crop_size),
                 metadata={OWN_LAYER_KEY: {"preview": key}},
             )
-            self.layers[key] = layer
             self.added.append(layer)
             self._on_added()  # the layer list changed before the preview was known
-            if pending:
-                QTimer.singleShot(LAYER_SPACING_MS, lambda: self._update(pending, crop_size))
-                return
+            added = True
+        return True
 
     def _origin(self, key: str, crop_size: int) -> tuple[float, float]:
         """Beside the data: right of everything else, G above F."""

@@ -99,7 +99,7 @@ class TrainWidget(Container):
         self.advanced_fold = fold
         self.extend(self.panel.widgets)
         import_in_background(self.native)  # before the loss plot (it waits for them)
-        self.loss_plot = LossPlot()
+        self.loss_plot = LossPlot(min_interval=0.0)  # drawn with the panel's updates
         self.native.layout().addWidget(self.loss_plot)
 
         self.start_button.changed.connect(self.start)
@@ -209,10 +209,10 @@ class TrainWidget(Container):
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop a running training and wait until it has saved (the viewer or this
         widget is closing). Safe to call more than once."""
+        self._closed = True  # nothing more is drawn (a preview layer still to add)
         worker, run = self.worker, self._run
         if worker is None or run is None:
             return
-        self._closed = True
         run.stop()
         worker.resume()
         deadline = time.monotonic() + timeout
@@ -242,11 +242,13 @@ class TrainWidget(Container):
         if event.preview:
             self._preview = event.preview
         # The dock's parts are updated together, so napari composes its window once
-        # (each composition costs the training ~17 ms of CPU in software OpenGL).
+        # (see RunPanel.min_interval for what each composition costs the training).
         if self.panel.show(event):
             self.loss_plot.refresh()
-            if self._preview is not None:
-                self.previews.show(self._preview, int(self.crop_size.value))
+            crop_size, last = int(self.crop_size.value), event.finished
+            if self._preview is not None and self.previews.show(
+                self._preview, crop_size, all_at_once=last
+            ):
                 self._preview = None
         if event.finished:
             self.loss_plot.redraw()
