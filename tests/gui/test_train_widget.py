@@ -160,6 +160,11 @@ def test_the_loss_plot_spans_the_run_and_keeps_every_value_in_view(qtbot):
     low, high = axes.get_ylim()
     assert 0 < low <= 0.89 and high >= 7.5
 
+    plot.clear(total_steps=200)  # the next run, shorter
+    plot.add(1, {"G_adversarial": 0.5})
+    plot.redraw()
+    assert axes.get_xlim() == (0, 200)
+
 
 def test_start_during_the_background_imports_waits_in_the_worker(
     monkeypatch, train_widget, tiny_settings, wait_done, tmp_path

@@ -276,7 +276,7 @@ class LossPlot(QWidget):
         """Span the run's steps (or widen past the last); True if the axis changed."""
         last = max(self.steps[-1:] + self.validation_steps[-1:], default=1)
         low, high = self.axes["validation"].get_xlim()
-        if low == 0 and last <= high:
+        if low == 0 and last <= high and not self._needs_full_draw:
             return False
         high = self.total_steps if self.total_steps and last <= self.total_steps else None
         high = high or _padded(0, last, log=False)[1]
