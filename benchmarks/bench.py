@@ -9,8 +9,12 @@ Measures, each in a fresh Python process (so peak memory belongs to one measurem
   backward), the achieved fraction of the matmul rate and peak memory, for
   resnet_9blocks ngf 64 crop 256, resnet_9blocks ngf 16 crop 64 and the small
   encoder-decoder crop 128, at batch 1 and 4, with ``batched_forward`` (the default) and,
-  at batch 1, without it (plain eager: one network call per image set) and, for the
+  at batch 1, without it (one network call per image set) and, for the
   small resnet in a full run, with ``compile=True`` (time to the first step reported);
+  with the ``paper`` preset's losses and layers (``paper``: the work of the reference);
+  beside each configuration and batch size, the paper's step written plainly, the way
+  the reference code does it (:func:`measure_reference`), and each row's speed over it
+  ("vs reference");
   on CUDA also the large configuration in fp32 and with cuDNN autotuning off, beside
   the defaults (mixed precision, autotuning on);
 - translation (``translate``, resnet_9blocks ngf 64, RGB uint8) of 1024² and 4096² images:
@@ -27,9 +31,11 @@ Usage::
     .venv/bin/python benchmarks/bench.py --device cuda    # on a GPU (default: auto)
     .venv/bin/python benchmarks/bench.py --device cuda --one-process --no-widgets
 
-Prints a table; asserts nothing. The targets of issue 6 are checked at the end of a full
-run. Peak memory is resident memory (``ru_maxrss``) above the process's size just before
-the measured work on CPU, and ``torch.cuda.max_memory_allocated`` on CUDA.
+Prints a table, with the CPU kernels' ISA (``torch.backends.cpu.get_cpu_capability()``;
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` caps it); asserts nothing. The
+targets of issues 6 and 22 are checked at the end of a full run. Peak memory is
+resident memory (``ru_maxrss``) above the process's size just before the measured work
+on CPU, and ``torch.cuda.max_memory_allocated`` on CUDA.
 """
 
 from __future__ import annotations
@@ -181,6 +187,7 @@ def measure_matmul(settings: Settings, device_name: str) -> dict:
         "device": describe_device(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
     }
     if device.type == "cuda":
         result["bf16_gflops_per_second"] = _matmul_rate(n, device, torch.bfloat16)
@@ -205,13 +212,14 @@ def measure_training(
 ) -> dict:
     """Speed, FLOPs and peak memory of training steps through :class:`Trainer`.
 
-    ``forward``: ``batched`` (the default step), ``eager`` (``batched_forward=False``) or
-    ``compiled`` (batched, with ``compile=True``; its FLOPs are not counted, since
-    compiled kernels bypass the counter: they are the batched step's).
+    ``forward``: ``batched`` (the default step), ``paper`` (batched, with the ``paper``
+    preset's losses and layers: the work :func:`measure_reference` does), ``eager``
+    (``batched_forward=False``) or ``compiled`` (batched, with ``compile=True``; its
+    FLOPs are not counted, since compiled kernels bypass the counter: they are the
+    batched step's).
     """
-    import torch
-
     from napari_cyclestyle import Config, ModelConfig, TrainConfig, Trainer
+    from napari_cyclestyle.presets import apply_preset
 
     config = Config(
         ModelConfig(generator=case.generator, ngf=case.ngf, ndf=case.ngf),
@@ -230,38 +238,19 @@ def measure_training(
             preview_every=0,
         ),
     )
+    if forward == "paper":
+        config = Config.from_dict(apply_preset("paper", config.to_dict()))
     domain_a, domain_b = _domain_images(case.crop_size, 1), _domain_images(case.crop_size, 2)
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(domain_a, domain_b, config, output=Path(folder) / "bench.safetensors")
         memory = _Memory(trainer.device)
         run = trainer.run()
-        # The FLOP-counted step is also the first warm-up (one-time set-up costs).
-        start = time.perf_counter()
-        if forward == "compiled":
-            flops = None
-            next(run)
-        else:
-            flops = _count_flops(lambda: next(run))
-        _synchronize(trainer.device)
-        first_step = time.perf_counter() - start
-        if forward == "compiled" or (settings.extra_warmup and first_step < 5.0):
-            next(run)
-        _synchronize(trainer.device)
-        times: list[float] = []
-        cpu_start = time.process_time()
-        while len(times) < settings.min_timed_steps or (
-            sum(times) < settings.min_timed_seconds and len(times) < settings.max_timed_steps
-        ):
-            start = time.perf_counter()
-            next(run)
-            _synchronize(trainer.device)
-            times.append(time.perf_counter() - start)
-        cpu_seconds = time.process_time() - cpu_start
+        row = _time_steps(
+            settings, lambda: next(run), trainer.device, count_flops=forward != "compiled"
+        )
         peak = memory.peak_mib()
         precision = trainer.precision
         run.close()
-    seconds = sum(times)
-    steps_per_second = len(times) / seconds
     return {
         "config": case.name,
         "batch_size": batch_size,
@@ -269,21 +258,125 @@ def measure_training(
         "precision": precision,
         "cudnn_benchmark": cudnn_benchmark if trainer.device.type == "cuda" else None,
         "channels_last": channels_last,
+        **row,
+        "images_per_second": row["steps_per_second"] * batch_size,
+        "peak_mib": peak,
+    }
+
+
+def _time_steps(settings: Settings, step, device, count_flops: bool = True) -> dict:
+    """Time calls of ``step()``: the first (FLOP-counted, unless ``count_flops`` is
+    false) and, as warm-up, maybe a second are not timed; then the settings' number."""
+    import torch
+
+    start = time.perf_counter()
+    flops = _count_flops(step) if count_flops else None
+    if not count_flops:
+        step()
+    _synchronize(device)
+    first_step = time.perf_counter() - start
+    if not count_flops or (settings.extra_warmup and first_step < 5.0):
+        step()
+    _synchronize(device)
+    times: list[float] = []
+    cpu_start = time.process_time()
+    while len(times) < settings.min_timed_steps or (
+        sum(times) < settings.min_timed_seconds and len(times) < settings.max_timed_steps
+    ):
+        start = time.perf_counter()
+        step()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    seconds = sum(times)
+    steps_per_second = len(times) / seconds
+    return {
         "timed_steps": len(times),
         "step_seconds": times,
         "steps_per_second": steps_per_second,
-        "images_per_second": steps_per_second * batch_size,
         "first_step_seconds": first_step,
         "gflop_per_step": None if flops is None else flops / 1e9,
         "gflops_per_second": None if flops is None else flops * steps_per_second / 1e9,
-        "peak_mib": peak,
-        "cpu_share": cpu_seconds / seconds / torch.get_num_threads(),
+        "cpu_share": (time.process_time() - cpu_start) / seconds / torch.get_num_threads(),
+    }
+
+
+def measure_reference(settings: Settings, case: TrainCase, batch_size: int, device_name: str):
+    """The paper's training step written plainly, as the reference code's
+    ``optimize_parameters`` does it: one network call per image set (G(a), F(G(a)),
+    F(b), G(F(b)), the identities G(b) and F(a), each discriminator on real and pooled
+    fake images), LSGAN losses, λ_cycle 10, λ_identity 0.5, Adam(2e-4, β 0.5, 0.999),
+    fp32, no fusion; on fixed random images (no data loading). The same networks as
+    ours (``ndf`` = ``ngf``, as in :func:`measure_training`)."""
+    from itertools import chain
+
+    import torch
+    from torch import nn
+
+    from napari_cyclestyle.devices import resolve_device
+    from napari_cyclestyle.losses import GANLoss, ImagePool
+    from napari_cyclestyle.networks import build_discriminator, build_generator
+
+    device = resolve_device(device_name)
+    torch.manual_seed(0)
+    net_g, net_f = (build_generator(case.generator, 3, 3, case.ngf).to(device) for _ in "GF")
+    net_d_a, net_d_b = (build_discriminator("basic", 3, case.ngf).to(device) for _ in "AB")
+    generators = list(chain(net_g.parameters(), net_f.parameters()))
+    discriminators = list(chain(net_d_a.parameters(), net_d_b.parameters()))
+    optimizer_g = torch.optim.Adam(generators, lr=2e-4, betas=(0.5, 0.999))
+    optimizer_d = torch.optim.Adam(discriminators, lr=2e-4, betas=(0.5, 0.999))
+    gan, l1 = GANLoss("lsgan").to(device), nn.L1Loss()
+    pool_a, pool_b = ImagePool(50), ImagePool(50)
+    shape = (batch_size, 3, case.crop_size, case.crop_size)
+    real_a, real_b = (torch.rand(shape, device=device) * 2 - 1 for _ in "AB")
+
+    def step() -> None:
+        fake_b = net_g(real_a)
+        rec_a = net_f(fake_b)
+        fake_a = net_f(real_b)
+        rec_b = net_g(fake_a)
+        for parameter in discriminators:
+            parameter.requires_grad_(False)
+        optimizer_g.zero_grad()
+        loss_g = (
+            gan(net_d_b(fake_b), True)
+            + gan(net_d_a(fake_a), True)
+            + 10 * l1(rec_a, real_a)
+            + 10 * l1(rec_b, real_b)
+            + 5 * l1(net_g(real_b), real_b)
+            + 5 * l1(net_f(real_a), real_a)
+        )
+        loss_g.backward()
+        optimizer_g.step()
+        for parameter in discriminators:
+            parameter.requires_grad_(True)
+        optimizer_d.zero_grad()
+        for net_d, real, fake in (
+            (net_d_b, real_b, pool_b.query(fake_b)),
+            (net_d_a, real_a, pool_a.query(fake_a)),
+        ):
+            loss_d = (gan(net_d(real), True) + gan(net_d(fake.detach()), False)) * 0.5
+            loss_d.backward()
+        optimizer_d.step()
+
+    memory = _Memory(device)
+    row = _time_steps(settings, step, device)
+    return {
+        "config": case.name,
+        "batch_size": batch_size,
+        "forward": "reference",
+        "precision": "fp32",
+        "cudnn_benchmark": None,
+        "channels_last": False,
+        **row,
+        "images_per_second": row["steps_per_second"] * batch_size,
+        "peak_mib": memory.peak_mib(),
     }
 
 
 def measure_translation(settings: Settings, size: int, tiling: str, device_name: str) -> dict:
     """Megapixels/s, FLOP rate and peak memory of ``translate`` on a ``size²`` RGB image,
-    with ``tile_size="auto"`` (what users get) or None (one whole-plane forward)."""
+    with ``tile_size="auto"`` (what users get), None (``tiling="none"``: one whole-plane
+    forward) or tiles of ``int(tiling)`` pixels."""
     import copy
 
     import torch
@@ -311,7 +404,7 @@ def measure_translation(settings: Settings, size: int, tiling: str, device_name:
     memory = _Memory(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     n_steps = 0
-    tile_size = None if tiling == "none" else "auto"
+    tile_size = None if tiling == "none" else tiling if tiling == "auto" else int(tiling)
     for step in translate_steps(image, model, device=device, tile_size=tile_size):
         n_steps = step.total
     _synchronize(device)
@@ -445,10 +538,14 @@ def run_all(args: argparse.Namespace) -> dict:
     results: dict = {"quick": args.quick, "machine": machine_facts()}
     results["matmul"] = _run_isolated(["matmul"], args)[0]
     training_keys = [
-        (case.name, batch_size, "batched" if batched else "eager", "auto", "on", "nchw")
+        (case.name, batch_size, forward, "auto", "on", "nchw")
         for case in settings.cases
         for batch_size in BATCH_SIZES
-        for batched in ((True, False) if batch_size == 1 else (True,))
+        for forward in (
+            ("batched", "paper", "eager", "reference")
+            if batch_size == 1
+            else ("batched", "paper", "reference")
+        )
     ]
     if not args.quick:  # compiling takes minutes; where the step is small it pays most
         training_keys.append((settings.cases[1].name, 1, "compiled", "auto", "on", "nchw"))
@@ -505,6 +602,8 @@ def run_one(spec: str, args: argparse.Namespace) -> dict:
         # name:batch:forward:precision:on|off (cuDNN autotune):nchw|nhwc (channels last)
         name, batch_size, forward, precision, cudnn, layout = rest.split(":")
         case = next(case for case in settings.cases if case.name == name)
+        if forward == "reference":
+            return measure_reference(settings, case, int(batch_size), args.device)
         return measure_training(
             settings,
             case,
@@ -539,8 +638,20 @@ def _fraction_of_matmul(row: dict, matmul: dict) -> float | None:
     return None
 
 
+def _over_reference(training: list[dict], row: dict) -> float | None:
+    """A training row's speed over the plain eager reference step's at its configuration
+    and batch size (None where either is missing)."""
+    reference = _find(
+        training, config=row.get("config"), batch_size=row.get("batch_size"), forward="reference"
+    )
+    if "steps_per_second" in row and "steps_per_second" in reference:
+        return row["steps_per_second"] / reference["steps_per_second"]
+    return None
+
+
 def check_targets(results: dict) -> list[dict]:
-    """The targets of issue 6, each with the measured value and whether it is met."""
+    """The targets of issues 6 and 22, each with the measured value and whether it is
+    met."""
     training, targets = results["training"], []
 
     def fraction(row: dict) -> float | None:
@@ -548,26 +659,39 @@ def check_targets(results: dict) -> list[dict]:
 
     def add(name: str, value: float | None, goal: float, unit: str, below: bool = False) -> None:
         met = None if value is None else (value < goal if below else value >= goal)
-        targets.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met})
+        targets.append(
+            {
+                "target": name,
+                "value": value,
+                "goal": goal,
+                "unit": unit,
+                "met": met,
+                "below": below,
+            }
+        )
 
     big, small = FULL_CASES[0].name, FULL_CASES[1].name
-    add(
-        f"{big} batch 1: fraction of matmul rate",
-        fraction(_find(training, config=big, batch_size=1, forward="batched")),
-        0.8,
-        "",
-    )
-    eager = _find(training, config=small, batch_size=1, forward="eager")
+    for forward in ("batched", "paper"):
+        add(
+            f"{big} batch 1, {forward}: fraction of matmul rate",
+            fraction(_find(training, config=big, batch_size=1, forward=forward)),
+            0.8,
+            "",
+        )
 
     def speedup(forward: str) -> float | None:
-        row = _find(training, config=small, batch_size=1, forward=forward)
-        if "steps_per_second" in row and "steps_per_second" in eager:
-            return row["steps_per_second"] / eager["steps_per_second"]
-        return None
+        return _over_reference(
+            training, _find(training, config=small, batch_size=1, forward=forward)
+        )
 
-    add(f"{small} batch 1: speed-up over plain eager", speedup("batched"), 1.5, "x")
     add(
-        f"{small} batch 1, compile=True: speed-up over plain eager",
+        f"{small} batch 1, paper preset: speed-up over the plain eager reference step",
+        speedup("paper"),
+        1.5,
+        "x",
+    )
+    add(
+        f"{small} batch 1, compile=True: speed-up over the plain eager reference step",
         speedup("compiled"),
         1.5,
         "x",
@@ -583,6 +707,17 @@ def check_targets(results: dict) -> list[dict]:
         fraction(_find(results["translation"], size=1024, tile_size="auto")),
         0.8,
         "",
+    )
+    auto, whole = (
+        _find(results["translation"], size=1024, tile_size=tiling).get("seconds")
+        for tiling in ("auto", "none")
+    )
+    add(
+        "translate 1024²: tile_size='auto' time over the whole-plane forward's",
+        auto / whole if auto and whole else None,
+        1.03,
+        "x",
+        True,
     )
     add("import napari_cyclestyle", results["import"].get("best_seconds"), 0.2, "s", True)
     train_widget = _find(results["widgets"], widget="Train CycleGAN")
@@ -603,7 +738,7 @@ def format_report(results: dict) -> str:
         f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['platform']}, "
         f"python {machine['python']}",
         f"device: {matmul.get('device', 'n/a')}, torch {matmul.get('torch', 'n/a')}, "
-        f"{matmul.get('threads', 'n/a')} threads",
+        f"{matmul.get('threads', 'n/a')} threads, CPU kernels (ISA) {matmul.get('isa', 'n/a')}",
         "load average (1, 5, 15 min) at start: "
         + ", ".join(f"{x:.2f}" for x in machine["load_average_start"])
         + "; at end: "
@@ -614,17 +749,18 @@ def format_report(results: dict) -> str:
         + (f"  ({matmul['error']})" if "error" in matmul else ""),
         "",
         "| training (Trainer steps) | batch | forward | precision | steps/s | images/s "
-        "| GFLOP/step | GFLOP/s | of matmul | peak MiB | CPU share |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| GFLOP/step | GFLOP/s | of matmul | vs reference | peak MiB | CPU share |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["training"]:
         share = _fraction_of_matmul(row, matmul)
         if "error" in row:
             lines.append(
                 f"| {row['config']} | {row['batch_size']} | {row['forward']} "
-                f"| | n/a: {row['error']} | | | | | | |"
+                f"| | n/a: {row['error']} | | | | | | | |"
             )
             continue
+        ratio = _over_reference(results["training"], row)
         precision = row["precision"] + (
             ", no cuDNN autotune" if row.get("cudnn_benchmark") is False else ""
         )
@@ -634,7 +770,8 @@ def format_report(results: dict) -> str:
             f"| {row['config']} | {row['batch_size']} | {row['forward']} | {precision} "
             f"| {row['steps_per_second']:.3f} | {row['images_per_second']:.3f} "
             f"| {_cell(row['gflop_per_step'], '.1f')} | {_cell(row['gflops_per_second'], '.1f')} "
-            f"| {_cell(share, '.0%')} | {row['peak_mib']:.0f} | {row['cpu_share']:.0%} |"
+            f"| {_cell(share, '.0%')} | {_cell(ratio, '.2f')}× | {row['peak_mib']:.0f} "
+            f"| {row['cpu_share']:.0%} |"
         )
     lines += [
         "",
@@ -678,7 +815,8 @@ def format_report(results: dict) -> str:
             if unit == "":
                 measured, wanted = _cell(value, ".0%"), f"≥ {goal:.0%}"
             elif unit == "x":
-                measured, wanted = _cell(value, ".2f") + "×", f"≥ {goal}×"
+                sign = "<" if target.get("below") else "≥"
+                measured, wanted = _cell(value, ".2f") + "×", f"{sign} {goal}×"
             else:
                 measured, wanted = _cell(value, ".3f") + " s", f"< {goal} s"
             met = {True: "yes", False: "no", None: "n/a"}[target["met"]]
