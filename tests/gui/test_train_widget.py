@@ -140,12 +140,14 @@ def test_the_loss_plot_spans_the_run_and_keeps_every_value_in_view(qtbot):
     qtbot.waitUntil(lambda: plot.canvas is not None)
     plot.clear(total_steps=500)
     for step in range(10, 110, 10):
-        plot.add(step, {"G_adversarial": 1.0 - step / 1000, "cycle_A": 2.0})
+        plot.add(step, {"G_adversarial": 1.0 - step / 1000, "cycle_A": 2.0, "D_A": 0.25})
         plot.refresh()
     axes = plot.axes["generators (adversarial)"]
     assert axes.get_xlim() == (0, 500)  # the whole run from its first step
     low, high = axes.get_ylim()
     assert low <= 0.9 and high >= 1.0
+    low, high = plot.axes["discriminators"].get_ylim()
+    assert 0.1 < low < 0.25 < high < 0.4  # fitted to the values, not to a default 0-1
 
     rendered = plot.full_draw_count
     plot.add(110, {"G_adversarial": 0.95, "cycle_A": 2.0})

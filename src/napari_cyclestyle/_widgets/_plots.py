@@ -102,6 +102,7 @@ class LossPlot(QWidget):
         self._background = None  # the rendered figure without curves and legends
         self._needs_full_draw = True
         self._legend_lines: dict[Axes, list[Line2D]] = {}  # the curves each legend shows
+        self._fitted: set[Axes] = set()  # value axes fitted to this run's values
         self._last_draw = 0.0
         self._dirty = False
         self.figure: Figure | None = None
@@ -163,6 +164,7 @@ class LossPlot(QWidget):
         """Forget all values: a new run of ``total_steps`` starts (None: not known)."""
         self.total_steps = total_steps
         self._needs_full_draw = True
+        self._fitted.clear()
         self.steps.clear()
         self.validation_steps.clear()
         for series in (self.values, self.smoothed, self.validation):
@@ -209,6 +211,7 @@ class LossPlot(QWidget):
             axes.set_yscale("log" if log else "linear")
             axes.set_ylim(0.1 if log else 0.0, 1.0)  # any scale can draw; values refit
         self._needs_full_draw = True
+        self._fitted.clear()
 
     def redraw(self) -> None:
         """Draw the recorded values now (no-op when nothing changed, or until the canvas
@@ -225,7 +228,9 @@ class LossPlot(QWidget):
         full = self._needs_full_draw or self._background is None
         full = self._fit_x_axis() or full
         for axes in self.axes.values():
-            full = self._fit_value_axis(axes) or full
+            if _fit_value_axis(axes, self._needs_full_draw or axes not in self._fitted):
+                self._fitted.add(axes)  # fitted to values: from now on only widened
+                full = True
             full = self._update_legend(axes) or full
         if full:
             self.canvas.draw()  # renders all; _keep_background draws the curves
@@ -233,7 +238,8 @@ class LossPlot(QWidget):
             self._needs_full_draw = False
         else:
             self.canvas.restore_region(self._background)
-            self._draw_curves()
+            for axes in self.axes.values():
+                _draw_curves(axes)
             # painted with the event loop's other repaints, not at once as blit() does:
             # in napari's window each repaint composes the whole window in OpenGL
             self.canvas.update()
@@ -244,14 +250,8 @@ class LossPlot(QWidget):
     def _keep_background(self, _event) -> None:
         """After each full render (ours, a resize's): keep it, then draw the curves."""
         self._background = self.canvas.copy_from_bbox(self.figure.bbox)
-        self._draw_curves()
-
-    def _draw_curves(self) -> None:
         for axes in self.axes.values():
-            for line in axes.get_lines():
-                axes.draw_artist(line)
-            if axes.get_legend() is not None:
-                axes.draw_artist(axes.get_legend())
+            _draw_curves(axes)
 
     def _update_legend(self, axes: Axes) -> bool:
         """Show the curves with values in ``axes``'s legend, their labels up to date;
@@ -284,24 +284,33 @@ class LossPlot(QWidget):
             axes.set_xlim(0, high)
         return True
 
-    def _fit_value_axis(self, axes: Axes) -> bool:
-        """Widen ``axes``'s value range, with :data:`HEADROOM`, if a value falls
-        outside it; True if it changed."""
-        log = axes.get_yscale() == "log"
-        values = [
-            value
-            for line in axes.get_lines()
-            for value in line.get_ydata()
-            if math.isfinite(value) and (value > 0 or not log)
-        ]
-        if not values:
-            return False
-        low, high = axes.get_ylim()
-        least, most = min(values), max(values)
-        if low <= least and most <= high and not self._needs_full_draw:
-            return False
-        axes.set_ylim(*_padded(least, most, log))
-        return True
+
+def _fit_value_axis(axes: Axes, refit: bool) -> bool:
+    """Widen ``axes``'s value range, with :data:`HEADROOM`, if a value falls outside it
+    (``refit``: fit it to the values anew); True if it changed."""
+    log = axes.get_yscale() == "log"
+    values = [
+        value
+        for line in axes.get_lines()
+        for value in line.get_ydata()
+        if math.isfinite(value) and (value > 0 or not log)
+    ]
+    if not values:
+        return False
+    low, high = axes.get_ylim()
+    least, most = min(values), max(values)
+    if low <= least and most <= high and not refit:
+        return False
+    axes.set_ylim(*_padded(least, most, log))
+    return True
+
+
+def _draw_curves(axes: Axes) -> None:
+    """Draw ``axes``'s curves and legend (animated artists) onto the canvas."""
+    for line in axes.get_lines():
+        axes.draw_artist(line)
+    if axes.get_legend() is not None:
+        axes.draw_artist(axes.get_legend())
 
 
 def _padded(least: float, most: float, log: bool) -> tuple[float, float]:
