@@ -445,3 +445,18 @@ def test_progress_is_shown_a_few_times_a_second_and_always_at_the_end(qtbot):
     assert panel.progress.value == 1
     panel.show(event(10, finished=True))
     assert panel.progress.value == 10 and panel.status.value.startswith("step 10/10")
+
+
+def test_overlapping_background_work_gives_the_gil_interval_back_when_the_last_ends():
+    import sys
+
+    from napari_cyclestyle._widgets._background import GIL_SWITCH_INTERVAL, in_the_background
+
+    before = sys.getswitchinterval()
+    training, translation = in_the_background(), in_the_background()
+    training.__enter__()
+    translation.__enter__()
+    training.__exit__(None, None, None)  # the training ends first
+    assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL  # the translation still runs
+    translation.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before
