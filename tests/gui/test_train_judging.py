@@ -103,7 +103,7 @@ def test_validation_layers_are_kept_out_and_validated_on(
 def test_the_methods_terms_are_plotted_only_in_runs_that_have_them(qtbot):
     from napari_cyclestyle._widgets._plots import LossPlot
 
-    plot = LossPlot(min_interval=0)
+    plot = LossPlot()
     qtbot.addWidget(plot)
     plain = {"G_adversarial": 0.9, "cycle_A": 2.0, "identity_A": 0.5, "identity_B": 0.25}
     plot.add(1, plain)

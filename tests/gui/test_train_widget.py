@@ -115,7 +115,7 @@ def test_losses_added_before_the_plot_canvas_exists_are_drawn_once_it_is(qtbot, 
     from napari_cyclestyle._widgets._plots import LossPlot
 
     _pending_imports(monkeypatch)
-    plot = LossPlot(min_interval=0.0)
+    plot = LossPlot()
     qtbot.addWidget(plot)
     plot.add(1, {"G_adversarial": 0.5, "identity_A": 0.25, "identity_B": 0.5})
     plot.add(2, {"G_adversarial": 0.4})
@@ -135,13 +135,13 @@ def test_losses_added_before_the_plot_canvas_exists_are_drawn_once_it_is(qtbot, 
 def test_the_loss_plot_spans_the_run_and_keeps_every_value_in_view(qtbot):
     from napari_cyclestyle._widgets._plots import LossPlot
 
-    plot = LossPlot(min_interval=0.0)
+    plot = LossPlot()
     qtbot.addWidget(plot)
     qtbot.waitUntil(lambda: plot.canvas is not None)
     plot.clear(total_steps=500)
     for step in range(10, 110, 10):
         plot.add(step, {"G_adversarial": 1.0 - step / 1000, "cycle_A": 2.0, "D_A": 0.25})
-        plot.refresh()
+        plot.redraw()
     axes = plot.axes["generators (adversarial)"]
     assert axes.get_xlim() == (0, 500)  # the whole run from its first step
     low, high = axes.get_ylim()

@@ -14,7 +14,6 @@ again only then, on a resize or on the log-scale toggle.
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Slot
@@ -62,11 +61,11 @@ HEADROOM = 0.25
 class LossPlot(QWidget):
     """Loss and validation curves over training steps.
 
-    :meth:`add` and :meth:`add_validation` record values; :meth:`refresh` draws them
-    if the last draw is ``min_interval`` seconds old (:meth:`redraw`: at once), so a
-    fast training loop cannot flood the GUI thread with drawing, and its owner can draw
-    when it repaints its other parts. A redraw draws the curves over the kept
-    background unless the axes must change (see the module's docstring).
+    :meth:`add` and :meth:`add_validation` record values; :meth:`redraw` draws them.
+    The owner decides when (the training widget: with its other parts, at most once a
+    second), so a fast training loop cannot flood the GUI thread with drawing. A redraw
+    draws the curves over the kept background unless the axes must change (see the
+    module's docstring).
 
     Importing matplotlib takes about a second, so the canvas (``figure``, ``axes``,
     ``lines``, ``raw_lines``, ``canvas``; None or empty until then) is built once the
@@ -88,9 +87,8 @@ class LossPlot(QWidget):
         figure (the others drew the curves alone).
     """
 
-    def __init__(self, parent: QWidget | None = None, min_interval: float = 1.0):
+    def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.min_interval = min_interval
         self.steps: list[int] = []
         self.values: dict[str, list[float]] = {name: [] for name in _CURVES}
         self.smoothed: dict[str, list[float]] = {name: [] for name in _CURVES}
@@ -103,7 +101,6 @@ class LossPlot(QWidget):
         self._needs_full_draw = True
         self._legend_lines: dict[Axes, list[Line2D]] = {}  # the curves each legend shows
         self._fitted: set[Axes] = set()  # value axes fitted to this run's values
-        self._last_draw = 0.0
         self._dirty = False
         self.figure: Figure | None = None
         self.axes: dict[str, Axes] = {}
@@ -174,7 +171,7 @@ class LossPlot(QWidget):
         self.redraw()
 
     def add(self, step: int, losses: dict[str, float]) -> None:
-        """Record the losses of ``step`` (drawn by the next :meth:`refresh`)."""
+        """Record the losses of ``step`` (drawn by the next :meth:`redraw`)."""
         self.steps.append(step)
         for name, keys in _CURVES.items():
             present = [float(losses[key]) for key in keys if key in losses]
@@ -193,12 +190,6 @@ class LossPlot(QWidget):
         for name, key in VALIDATION_CURVES.items():
             self.validation[name].append(float(values.get(key, float("nan"))))
         self._dirty = True
-
-    def refresh(self) -> None:
-        """Draw the values recorded since the last draw, if that is ``min_interval``
-        seconds old."""
-        if time.perf_counter() - self._last_draw >= self.min_interval:
-            self.redraw()
 
     def _set_scale(self, _checked: bool = False) -> None:
         self._apply_scale()
@@ -245,7 +236,6 @@ class LossPlot(QWidget):
             self.canvas.update()
         self.draw_count += 1
         self._dirty = False
-        self._last_draw = time.perf_counter()
 
     def _keep_background(self, _event) -> None:
         """After each full render (ours, a resize's): keep it, then draw the curves."""
@@ -278,8 +268,10 @@ class LossPlot(QWidget):
         low, high = self.axes["validation"].get_xlim()
         if low == 0 and last <= high and not self._needs_full_draw:
             return False
-        high = self.total_steps if self.total_steps and last <= self.total_steps else None
-        high = high or _padded(0, last, log=False)[1]
+        if self.total_steps and last <= self.total_steps:
+            high = self.total_steps
+        else:
+            high = _padded(0, last, log=False)[1]
         for axes in self.axes.values():
             axes.set_xlim(0, high)
         return True

@@ -45,15 +45,15 @@ class PreviewLayers:
                 continue
             image, rgb = preview_image(preview[real], preview[fake])
             layer = self.layers.get(key)
-            if layer is not None and layer in self.viewer.layers:
-                if layer.rgb == rgb and layer.data.shape == image.shape:
-                    layer.data = image
-                    if not rgb:
-                        layer.reset_contrast_limits()
-                    continue
+            shown = layer is not None and layer in self.viewer.layers
+            if shown and layer.rgb == rgb and layer.data.shape == image.shape:
+                layer.data = image
+                if not rgb:
+                    layer.reset_contrast_limits()
+                continue
             if added and not all_at_once:
                 return False
-            if layer is not None and layer in self.viewer.layers:
+            if shown:
                 self.viewer.layers.remove(layer)
             self.layers[key] = layer = self.viewer.add_image(
                 image,

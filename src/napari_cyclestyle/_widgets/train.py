@@ -99,7 +99,7 @@ class TrainWidget(Container):
         self.advanced_fold = fold
         self.extend(self.panel.widgets)
         import_in_background(self.native)  # before the loss plot (it waits for them)
-        self.loss_plot = LossPlot(min_interval=0.0)  # drawn with the panel's updates
+        self.loss_plot = LossPlot()
         self.native.layout().addWidget(self.loss_plot)
 
         self.start_button.changed.connect(self.start)
@@ -244,14 +244,13 @@ class TrainWidget(Container):
         # The dock's parts are updated together, so napari composes its window once
         # (see RunPanel.min_interval for what each composition costs the training).
         if self.panel.show(event):
-            self.loss_plot.refresh()
+            self.loss_plot.redraw()
             crop_size, last = int(self.crop_size.value), event.finished
             if self._preview is not None and self.previews.show(
                 self._preview, crop_size, all_at_once=last
             ):
                 self._preview = None
         if event.finished:
-            self.loss_plot.redraw()
             self._finish(event)
 
     def _finish(self, event) -> None:
