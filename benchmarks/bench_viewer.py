@@ -88,8 +88,6 @@ def _child_viewer_run(steps: int, decay: int, preview: bool) -> dict:
     for experiment in os.environ.get("BENCH_VIEWER_OFF", "").split(","):
         if experiment == "plot":
             widget.loss_plot.add = lambda *args: None
-        elif experiment == "status":
-            widget.panel.show = lambda event: None
         elif experiment.startswith("interval"):  # seconds between dock updates
             widget.panel.min_interval = float(experiment[len("interval") :])
         elif experiment.startswith("threads"):
@@ -215,8 +213,11 @@ def main(argv: list[str] | None = None) -> None:
             f"cold open '{name}': {first[1]:.2f} s (then '{second[0]}', torch importing "
             f"meanwhile: {second[1]:.2f} s)"
         )
-    for viewer, plain in zip(results["viewer"], results["plain"], strict=True):
-        ratio = viewer["steps_per_second"] / plain["steps_per_second"]
+    ratios = [
+        viewer["steps_per_second"] / plain["steps_per_second"]
+        for viewer, plain in zip(results["viewer"], results["plain"], strict=True)
+    ]
+    for viewer, plain, ratio in zip(results["viewer"], results["plain"], ratios, strict=True):
         gaps = ", ".join(f"{gap:.2f} s at {at:.1f} s" for gap, at in viewer["largest_gaps"])
         print(
             f"{viewer['steps']} steps, {viewer['threads']} thread(s): viewer "
@@ -227,10 +228,6 @@ def main(argv: list[str] | None = None) -> None:
             f"{viewer['gl_threads_cpu_seconds'] / viewer['wall_seconds']:.1%} of a core"
         )
     if args.rounds > 1:
-        ratios = [
-            viewer["steps_per_second"] / plain["steps_per_second"]
-            for viewer, plain in zip(results["viewer"], results["plain"], strict=True)
-        ]
         largest = max(run["largest_gaps"][0][0] for run in results["viewer"])
         print(
             f"over {args.rounds} rounds: viewer/plain median {statistics.median(ratios):.0%}"
