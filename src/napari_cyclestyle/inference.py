@@ -71,11 +71,17 @@ class TranslateOptions:
         The image's channel axis when it cannot be inferred.
     tile_size : int, "auto" or None
         ``"auto"``: tile only planes whose forward pass would not fit ``memory_budget``,
-        with the largest tile that fits (on the CPU at most 256 px, which runs faster
-        there). An int: always tile, with tiles of that side (pixels), rounded up to the
-        generator's size multiple (4 for the ResNets, 8 for encoder_decoder, 128 and
-        256 for the U-Nets); a tile smaller than the generator takes (twice the
-        multiple for the ResNets and encoder_decoder) is refused. None: never tile.
+        with the largest tile that fits (on the CPU at most 256 px). On the CPU, a ResNet
+        generator's planes that fit in half the available RAM (or ``memory_budget``,
+        when given) and span at least four tiles' width a side at the residual blocks
+        go whole or in tiles, whichever this machine runs faster: the first such plane
+        of a process starts whole and is timed on the way
+        (:mod:`~napari_cyclestyle.whole_or_tiles`; not in lazy or cluster runs, which
+        use an earlier timing when there is one). An int: always tile, with tiles of
+        that side (pixels), rounded up to the generator's size multiple (4 for the
+        ResNets, 8 for encoder_decoder, 128 and 256 for the U-Nets); a tile smaller
+        than the generator takes (twice the multiple for the ResNets and
+        encoder_decoder) is refused. None: never tile.
     overlap : int, optional
         Overlap between tiles in the blended modes (``statistics="estimate"`` or
         ``"tile"``); default 64 px. The exact mode needs none.
@@ -201,9 +207,11 @@ def translate_steps(
     (plane, or tile when tiled); stop iterating to cancel (scratch files are removed).
     The last item carries the ``result``; a dask input is computed, not returned lazily.
     """
-    job = TranslationJob(image, model, direction, TranslateOptions.of(options, **settings))
-    result = open_output(output, job)
     client = _cluster_client(output)
+    # Whole planes and tiles are timed against each other here, with nothing else running.
+    options = TranslateOptions.of(options, **settings)
+    job = TranslationJob(image, model, direction, options, timed=client is None)
+    result = open_output(output, job)
     if client is not None:
         yield from _translate_on_cluster(job, result, client, output)
         return

@@ -24,6 +24,7 @@ from .intensity import IntensityNorm, check_finite, fit_intensity
 from .layout import ImageLayout, infer_layout, to_planes
 from .model import CycleStyleModel, parse_direction
 from .networks import minimum_size, size_multiple
+from .whole_or_tiles import WholeOrTiles, forward_stages
 
 if TYPE_CHECKING:
     from .inference import TranslateOptions
@@ -45,16 +46,25 @@ def run_generator(
     ``minimum`` pixels (:func:`~napari_cyclestyle.networks.minimum_size`), and the output
     cropped back, so the output has the input's size.
     """
+    padded, crop = pad_batch(batch, multiple, minimum)
+    return network(padded)[crop]
+
+
+def pad_batch(
+    batch: torch.Tensor, multiple: int, minimum: int = 0
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``batch`` padded as :func:`run_generator` pads it, and the index that crops a
+    network's output back to the batch's size."""
     height, width = batch.shape[-2:]
     pad_y = max(-height % multiple, minimum - height)
     pad_x = max(-width % multiple, minimum - width)
-    if pad_y or pad_x:
-        # Reflection needs the pad to be smaller than the size; replicate tiny images.
-        mode = "reflect" if pad_y < height and pad_x < width else "replicate"
-        top, left = pad_y // 2, pad_x // 2
-        batch = functional.pad(batch, (left, pad_x - left, top, pad_y - top), mode=mode)
-        return network(batch)[..., top : top + height, left : left + width]
-    return network(batch)
+    if not (pad_y or pad_x):
+        return batch, (...,)
+    # Reflection needs the pad to be smaller than the size; replicate tiny images.
+    mode = "reflect" if pad_y < height and pad_x < width else "replicate"
+    top, left = pad_y // 2, pad_x // 2
+    batch = functional.pad(batch, (left, pad_x - left, top, pad_y - top), mode=mode)
+    return batch, (..., slice(top, top + height), slice(left, left + width))
 
 
 class TranslationJob:
@@ -67,6 +77,7 @@ class TranslationJob:
         model: CycleStyleModel | str | os.PathLike,
         direction: str,
         options: TranslateOptions,
+        timed: bool = False,
     ) -> None:
         if not isinstance(model, CycleStyleModel):
             from .model_file import load_model
@@ -94,34 +105,54 @@ class TranslationJob:
         self.network.to(self.device).eval()
         self.multiple = size_multiple(model.config.generator)
         self.minimum = minimum_size(model.config.generator)
-        self.translator = self._tiled_translator(options, in_channels, model.config.generator)
-        self.steps_per_plane = 1 if self.translator is None else self.translator.n_steps
+        # Set while whole planes and tiles are still to be timed against each other.
+        self.choice: WholeOrTiles | None = None
+        self._tiles: tiling.TiledTranslator | None = None
+        self.translator = self._tiled_translator(
+            options, in_channels, model.config.generator, timed
+        )
+        if self.choice is not None:
+            self.steps_per_plane = len(self.choice.stages)
+        else:
+            self.steps_per_plane = 1 if self.translator is None else self.translator.n_steps
         self.output_shape = self.layout.output_shape(self.out_channels)
 
     def _tiled_translator(
-        self, options: TranslateOptions, in_channels: int, generator: str
+        self, options: TranslateOptions, in_channels: int, generator: str, timed: bool
     ) -> tiling.TiledTranslator | None:
-        """The tiled translator for this job's planes, or None if they go through whole."""
-        height, width = self.layout.spatial_shape
+        """The tiled translator for this job's planes, or None if they go through whole
+        (or, with :attr:`choice`, start whole until timed)."""
+        if options.statistics not in STATISTICS_MODES:
+            raise ValueError(
+                f"Unknown statistics mode {options.statistics!r}; choose one of "
+                f"{STATISTICS_MODES}."
+            )
         budget = options.memory_budget or tiling.memory_budget(self.device)
-        tile_size = options.tile_size
-        if tile_size == "auto":
-            padded = (height + -height % self.multiple, width + -width % self.multiple)
-            if not tiling.needs_tiling(self.network, *padded, budget):
-                tile_size = None
-            else:
-                # At most half the budget for a tile's forward (see below for the rest).
-                tile_size = tiling.auto_tile_size(
-                    self.network, self.multiple, budget // 2, self.device
-                )
-        if tile_size is None:
-            if options.statistics not in STATISTICS_MODES:
-                raise ValueError(
-                    f"Unknown statistics mode {options.statistics!r}; choose one of "
-                    f"{STATISTICS_MODES}."
-                )
+        if options.tile_size != "auto":
+            if options.tile_size is None:
+                return None
+            self._check_tile_size(options.tile_size, generator)
+            return self._new_translator(options, options.tile_size, budget, in_channels)
+        height, width = self.layout.spatial_shape
+        padded = (height + -height % self.multiple, width + -width % self.multiple)
+        # At most half the budget for a tile's forward (see _new_translator for the rest).
+        tile = tiling.auto_tile_size(self.network, self.multiple, budget // 2, self.device)
+        choice = self._whole_or_tiles(options, padded, tile)
+        if choice is not None and choice.tiles_faster is None and timed:
+            # Start whole and time the first plane, with tiles ready in case they win.
+            self.choice = choice
+            self._tiles = self._new_translator(options, tile, budget, in_channels)
             return None
-        self._check_tile_size(tile_size, generator)
+        if choice is not None and choice.tiles_faster is not None:
+            tiled = choice.tiles_faster
+        else:
+            tiled = tiling.needs_tiling(self.network, *padded, budget)
+        return self._new_translator(options, tile, budget, in_channels) if tiled else None
+
+    def _new_translator(
+        self, options: TranslateOptions, tile_size: int, budget: int, in_channels: int
+    ) -> tiling.TiledTranslator:
+        height, width = self.layout.spatial_shape
         # Stored activations get what the tile's forward leaves, and at least half:
         # the more of them stay in RAM, the less goes through scratch files.
         tile_bytes = tiling.forward_bytes_per_pixel(self.network) * tile_size**2
@@ -139,6 +170,26 @@ class TranslationJob:
             budget=max(budget // 2, budget - tile_bytes),
             scratch=options.scratch,
         )
+
+    def _whole_or_tiles(
+        self, options: TranslateOptions, padded: tuple[int, int], tile: int
+    ) -> WholeOrTiles | None:
+        """On the CPU, the timed choice between whole planes and ``tile``-px tiles for a ResNet
+        generator's planes that fit in memory whole (``memory_budget``, or half the
+        available RAM) and span several tiles; None where there is nothing to time.
+        See :mod:`~napari_cyclestyle.whole_or_tiles`."""
+        stages = forward_stages(self.network)
+        if self.device.type != "cpu" or stages is None:
+            return None
+        if not tiling.whole_plane_fits(self.network, *padded, options.memory_budget):
+            return None
+        # The residual blocks' level: its channels, and its size (the stride product down).
+        channels = stages[1].conv_block[1].in_channels
+        reference = tiling.reference_channels(self.network)
+        level_tile = tiling.level_tile_size(tile, reference, channels)
+        if min(padded) // self.multiple < 2 * level_tile:
+            return None  # a tile or two a side: tiling has nothing to gain
+        return WholeOrTiles(self.network, padded, level_tile, self.device)
 
     def _check_tile_size(self, tile_size: object, generator: str) -> None:
         """Refuse a tile the generator cannot take (its blended modes would fail on it)."""
@@ -162,18 +213,49 @@ class TranslationJob:
 
     def plane_steps(self, plane, write: tiling.RegionWriter) -> Iterator[None]:
         """Translate one ``(C, Y, X)`` plane (numpy or dask), passing translated regions
-        in [-1, 1] to ``write``; yields after each step."""
+        in [-1, 1] to ``write``; yields :attr:`steps_per_plane` times, the last time
+        after the last region is written."""
+        if self.choice is not None:
+            yield from self._chosen_steps(plane, write)
+            return
         if self.translator is None:
-            values = np.asarray(plane)
-            check_finite(values)
-            x = torch.from_numpy(self.norm_in.normalize(values)).to(self.device)
-            y = run_generator(self.network, x[None], self.multiple, self.minimum)[0]
-            y = y.float().cpu().numpy()
-            write(0, y.shape[-2], 0, y.shape[-1], y)
+            y = run_generator(self.network, self._whole_batch(plane), self.multiple, self.minimum)
+            self._write_whole(y, write)
             yield
             return
 
         yield from self.translator.steps(PlaneReader(plane, self.norm_in), write)
+
+    def _chosen_steps(self, plane, write: tiling.RegionWriter) -> Iterator[None]:
+        """A plane whole or in tiles, whichever :attr:`choice` times faster (while
+        untimed, a whole plane is begun and timed on the way)."""
+        done = 0
+        if not self.choice.tiles_faster:
+            batch, crop = pad_batch(self._whole_batch(plane), self.multiple, self.minimum)
+            y = yield from self.choice.forward_steps(batch)
+            if y is not None:
+                self._write_whole(y[crop], write)
+                yield
+                return
+            done = 1  # forward_steps stopped after one step, timing tiles faster
+        # Tiles: their steps spread over the plane's remaining ones.
+        left, total = self.steps_per_plane - done, self._tiles.n_steps
+        shown = 0
+        steps = self._tiles.steps(PlaneReader(plane, self.norm_in), write)
+        for step, _ in enumerate(steps, 1):
+            while shown < step * left // total:
+                shown += 1
+                yield
+
+    def _whole_batch(self, plane) -> torch.Tensor:
+        values = np.asarray(plane)
+        check_finite(values)
+        return torch.from_numpy(self.norm_in.normalize(values)).to(self.device)[None]
+
+    @staticmethod
+    def _write_whole(y: torch.Tensor, write: tiling.RegionWriter) -> None:
+        y = y[0].float().cpu().numpy()
+        write(0, y.shape[-2], 0, y.shape[-1], y)
 
     def output_index(
         self, plane: int, y0: int, y1: int, x0: int, x1: int

@@ -62,8 +62,15 @@ This package never imports napari or Qt.
 from __future__ import annotations
 
 from ..choices import STATISTICS_MODES
-from .budget import auto_tile_size, forward_bytes_per_pixel, memory_budget, needs_tiling
+from .budget import (
+    auto_tile_size,
+    forward_bytes_per_pixel,
+    memory_budget,
+    needs_tiling,
+    whole_plane_fits,
+)
 from .geometry import RegionReader, RegionWriter, blend_window, tile_starts
+from .layerwise import level_tile_size, reference_channels
 from .statistics import FrozenNorm, has_instance_norm, with_frozen_norms
 from .tasks import DaskTasks, LocalTasks, Tasks
 from .translator import DEFAULT_OVERLAP, DEFAULT_SAMPLE_FRACTION, TiledTranslator
@@ -83,8 +90,11 @@ __all__ = [
     "blend_window",
     "forward_bytes_per_pixel",
     "has_instance_norm",
+    "level_tile_size",
     "memory_budget",
     "needs_tiling",
+    "reference_channels",
     "tile_starts",
+    "whole_plane_fits",
     "with_frozen_norms",
 ]

@@ -56,6 +56,13 @@ def needs_tiling(network: nn.Module, height: int, width: int, budget: int) -> bo
     return forward_bytes_per_pixel(network) * height * width > budget
 
 
+def whole_plane_fits(network: nn.Module, height: int, width: int, budget: int | None) -> bool:
+    """Whether a forward pass over a whole ``height`` × ``width`` plane fits ``budget``
+    bytes or, when None, half the RAM available now."""
+    limit = _available_ram() / 2 if budget is None else budget
+    return forward_bytes_per_pixel(network) * height * width <= limit
+
+
 def auto_tile_size(
     network: nn.Module, multiple: int, budget: int, device: torch.device | None = None
 ) -> int:

@@ -39,6 +39,17 @@ _POINTWISE = (
 _GENERATORS = (ResnetGenerator, UnetGenerator, EncoderDecoderGenerator)
 
 
+def reference_channels(network: nn.Module) -> int:
+    """The channels a full-resolution tile of a network is sized for: its ``ngf``."""
+    return int(getattr(network, "ngf", 64))
+
+
+def level_tile_size(tile: int, reference_channels: int, channels: int) -> int:
+    """Tile side at a level of ``channels`` channels, for ``tile``-px tiles at full
+    resolution with ``reference_channels``: the same number of values per tile."""
+    return max(_MIN_LEVEL_TILE, int(tile * math.sqrt(reference_channels / max(channels, 1))))
+
+
 class Layerwise:
     """Runs a generator over a whole plane layer by layer, one tile at a time.
 
@@ -125,8 +136,7 @@ class Layerwise:
     def level_tile(self, node: Node) -> int:
         """Tile side at a node's level: as many values per tile as a full-resolution tile
         of ``reference_channels`` channels (so coarse, wide levels get fewer pixels)."""
-        channels = max(node.shape[1], 1)
-        return max(_MIN_LEVEL_TILE, int(self.tile * math.sqrt(self.reference_channels / channels)))
+        return level_tile_size(self.tile, self.reference_channels, node.shape[1])
 
     def materialize(self, node: Node, with_moments: bool) -> Iterator[None]:
         """Compute ``node`` tile by tile into a store; with ``with_moments`` also its

@@ -15,7 +15,7 @@ from ..choices import STATISTICS_MODES
 from ..devices import exact_inference
 from .budget import forward_bytes_per_pixel
 from .geometry import RegionReader, RegionWriter, blend_window, sample_crops, tile_starts
-from .layerwise import Layerwise, WriteTask, planned
+from .layerwise import Layerwise, WriteTask, planned, reference_channels
 from .nodes import Crops, PlaneInput
 from .statistics import has_instance_norm, with_frozen_norms
 from .store import Scratch
@@ -123,7 +123,7 @@ class TiledTranslator:
         self.statistics = statistics
         self.sample_fraction = sample_fraction
         self.budget, self.scratch = budget, scratch
-        self.reference_channels = int(getattr(network, "ngf", 64))
+        self.reference_channels = reference_channels(network)
         self.n_steps = self.count_steps()
 
     def steps(

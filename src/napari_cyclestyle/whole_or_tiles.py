@@ -1,0 +1,135 @@
+"""Whole planes or tiles on the CPU: which runs faster, timed on the first plane itself.
+
+A ResNet generator's residual blocks hold most of its work. On some CPUs they run 1.3 to
+1.7 times faster per pixel on a tile's activations, which stay in cache, than on a
+whole plane's; on others the whole plane is as fast, and tiling only adds its own
+bookkeeping. No constant holds on every CPU (benchmarks/README.md, "Against the plain
+eager reference step, per ISA"), so the first plane that could go either way starts as
+one whole-plane forward, stage by stage, and its first residual block is timed on the
+whole plane and on one crop of a tile's size. Tiles are chosen only when the crop runs
+faster by ``FASTER_BY``; otherwise the forward goes on, having lost only the crop's
+time (a quarter of one block for a 1024² plane, about 2 % of the forward, less for
+larger planes). The answer is kept for this process, for every later plane of that
+size and network.
+
+This module never imports napari or Qt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .devices import exact_inference
+from .networks import ResnetBlock, ResnetGenerator
+
+# How much faster per pixel the crop's block must run for tiles to be chosen: tiling's
+# own costs (stored activations, statistics passes, context read twice) take up to
+# about a tenth, and the margin keeps a noisy timing from choosing tiles that lose.
+FASTER_BY = 1.15
+# Which planes run faster in tiles, by network, plane size and machine state.
+_tiles_faster: dict[tuple, bool] = {}
+
+
+def forward_stages(network: nn.Module) -> list[nn.Module] | None:
+    """A ResNet generator's forward as stages: the layers before the residual blocks,
+    each block, and the layers after; None for any other generator (or fewer than two
+    blocks: nothing left to gain once the first is timed)."""
+    if not isinstance(network, ResnetGenerator):
+        return None
+    layers = list(network.model)
+    blocks = [index for index, layer in enumerate(layers) if isinstance(layer, ResnetBlock)]
+    if len(blocks) < 2 or blocks != list(range(blocks[0], blocks[-1] + 1)):
+        return None
+    first, last = blocks[0], blocks[-1]
+    return [
+        nn.Sequential(*layers[:first]),
+        *layers[first : last + 1],
+        nn.Sequential(*layers[last + 1 :]),
+    ]
+
+
+class WholeOrTiles:
+    """The choice between one whole-plane forward and tiles for planes of one size.
+
+    Parameters
+    ----------
+    network : nn.Module
+        A ResNet generator in eval mode (:func:`forward_stages` is not None for it).
+    padded : (int, int)
+        The plane's size once padded to the generator's size multiple.
+    level_tile : int
+        Side of the tiles that tiled translation would use at the residual blocks' level
+        (see :meth:`tiling.layerwise.Layerwise.level_tile`).
+    device : torch.device
+        Where the network runs.
+    """
+
+    def __init__(
+        self, network: nn.Module, padded: tuple[int, int], level_tile: int, device: torch.device
+    ) -> None:
+        stages = forward_stages(network)
+        if stages is None:
+            raise ValueError(f"{type(network).__name__} has no residual blocks to time.")
+        self.stages, self.level_tile = stages, level_tile
+        self.key = (
+            _architecture(network),
+            tuple(padded),
+            str(device),
+            torch.get_num_threads(),
+            torch.backends.cpu.get_cpu_capability(),
+        )
+
+    @property
+    def tiles_faster(self) -> bool | None:
+        """Whether tiles run faster here, or None until a plane has been timed."""
+        return _tiles_faster.get(self.key)
+
+    def forward_steps(self, batch: torch.Tensor) -> Iterator[None]:
+        """The whole-plane forward of a padded ``(1, C, Y, X)`` batch, yielding after each
+        stage but the last. While undecided, first times the first residual block against
+        a tile-sized crop, and stops there (having yielded once) if tiles are faster.
+        Returns (via StopIteration) the output, or None when tiles were found faster."""
+        values = batch
+        for index, stage in enumerate(self.stages):
+            if index:
+                yield
+            timed = index == 1 and self.tiles_faster is None
+            start = time.perf_counter()
+            result = _apply(stage, values)
+            if timed:
+                whole_seconds = time.perf_counter() - start
+                _tiles_faster[self.key] = self._crop_faster(stage, values, whole_seconds)
+                if _tiles_faster[self.key]:
+                    return None
+            values = result
+        return values
+
+    def _crop_faster(self, block: nn.Module, values: torch.Tensor, whole_seconds: float) -> bool:
+        """Whether ``block`` runs ``FASTER_BY`` faster per pixel on a crop of the tile's
+        size than it just did (``whole_seconds``) on all of ``values``."""
+        side = self.level_tile
+        crop = values[..., :side, :side].contiguous()
+        start = time.perf_counter()
+        _apply(block, crop)
+        crop_seconds = time.perf_counter() - start
+        whole_pixels = values.shape[-2] * values.shape[-1]
+        crop_pixels = crop.shape[-2] * crop.shape[-1]
+        return whole_seconds / whole_pixels > FASTER_BY * crop_seconds / crop_pixels
+
+
+@exact_inference
+def _apply(stage: nn.Module, values: torch.Tensor) -> torch.Tensor:
+    return stage(values)
+
+
+def _architecture(network: nn.Module) -> tuple:
+    """What sets a generator's speed: its class and every layer's shape."""
+    return (
+        type(network).__name__,
+        tuple(tuple(parameter.shape) for parameter in network.parameters()),
+        tuple(type(module).__name__ for module in network.modules()),
+    )
