@@ -3,20 +3,21 @@
 A ResNet generator's residual blocks hold most of its work. On some CPUs they run 1.3 to
 1.7 times faster per pixel on a tile's activations, which stay in cache, than on a
 whole plane's; on others the whole plane is as fast, and tiling only adds its own
-bookkeeping. No constant holds on every CPU (benchmarks/README.md, "Against the plain
-eager reference step, per ISA"), so the first plane that could go either way starts as
-one whole-plane forward, stage by stage, and its first residual block is timed on the
-whole plane and on one crop of a tile's size. Tiles are chosen only when the crop runs
-faster by ``FASTER_BY``; otherwise the forward goes on, having lost only the crop's
-time (a quarter of one block for a 1024² plane, about 2 % of the forward, less for
-larger planes). The answer is kept for this process, for every later plane of that
-size and network.
+bookkeeping. No constant holds on every CPU (benchmarks/README.md, "Whole planes or
+tiles, timed"), so the first plane that could go either way starts as one whole-plane
+forward, stage by stage, and its first residual block is timed on the whole plane and
+on a crop of a quarter of a tile's area (the best of three runs). Tiles are chosen only
+when the crop runs faster per pixel by ``FASTER_BY``; otherwise the forward goes on,
+having spent only the crop's runs (three sixteenths of one block for a 1024² plane,
+about 1 % of the forward; less for larger planes). The answer is kept for this process,
+for every later plane of that size and network.
 
 This module never imports napari or Qt.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -30,8 +31,15 @@ from .networks import ResnetBlock, ResnetGenerator
 # own costs (stored activations, statistics passes, context read twice) take up to
 # about a tenth, and the margin keeps a noisy timing from choosing tiles that lose.
 FASTER_BY = 1.15
+# Runs of the crop, of which the fastest counts.
+CROP_RUNS = 3
 # Which planes run faster in tiles, by network, plane size and machine state.
 _tiles_faster: dict[tuple, bool] = {}
+
+
+def timed_choices() -> dict[tuple[int, int], bool]:
+    """For each padded plane size timed in this process, whether tiles ran faster."""
+    return {key[1]: faster for key, faster in _tiles_faster.items()}
 
 
 def forward_stages(network: nn.Module) -> list[nn.Module] | None:
@@ -109,13 +117,17 @@ class WholeOrTiles:
         return values
 
     def _crop_faster(self, block: nn.Module, values: torch.Tensor, whole_seconds: float) -> bool:
-        """Whether ``block`` runs ``FASTER_BY`` faster per pixel on a crop of the tile's
-        size than it just did (``whole_seconds``) on all of ``values``."""
-        side = self.level_tile
+        """Whether ``block`` runs ``FASTER_BY`` faster per pixel on a crop of a quarter of
+        the tile's area than it just did (``whole_seconds``) on all of ``values``: the
+        best of ``CROP_RUNS`` runs, so that neither the first run's set-up nor a moment
+        of a busy CPU decides."""
+        side = max(self.level_tile // 2, 1)
         crop = values[..., :side, :side].contiguous()
-        start = time.perf_counter()
-        _apply(block, crop)
-        crop_seconds = time.perf_counter() - start
+        crop_seconds = math.inf
+        for _ in range(CROP_RUNS):
+            start = time.perf_counter()
+            _apply(block, crop)
+            crop_seconds = min(crop_seconds, time.perf_counter() - start)
         whole_pixels = values.shape[-2] * values.shape[-1]
         crop_pixels = crop.shape[-2] * crop.shape[-1]
         return whole_seconds / whole_pixels > FASTER_BY * crop_seconds / crop_pixels
