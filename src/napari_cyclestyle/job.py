@@ -24,7 +24,7 @@ from .intensity import IntensityNorm, check_finite, fit_intensity
 from .layout import ImageLayout, infer_layout, to_planes
 from .model import CycleStyleModel, parse_direction
 from .networks import minimum_size, size_multiple
-from .whole_or_tiles import WholeOrTiles, forward_stages
+from .whole_or_tiles import WholeOrTiles, choice_for
 
 if TYPE_CHECKING:
     from .inference import TranslateOptions
@@ -174,22 +174,14 @@ class TranslationJob:
     def _whole_or_tiles(
         self, options: TranslateOptions, padded: tuple[int, int], tile: int
     ) -> WholeOrTiles | None:
-        """On the CPU, the timed choice between whole planes and ``tile``-px tiles for a ResNet
-        generator's planes that fit in memory whole (``memory_budget``, or half the
-        available RAM) and span several tiles; None where there is nothing to time.
-        See :mod:`~napari_cyclestyle.whole_or_tiles`."""
-        stages = forward_stages(self.network)
-        if self.device.type != "cpu" or stages is None:
+        """On the CPU, the timed choice between whole planes and ``tile``-px tiles for
+        planes that fit in memory whole (``memory_budget``, or half the available RAM);
+        None where there is nothing to time (see :func:`whole_or_tiles.choice_for`)."""
+        if self.device.type != "cpu":
             return None
         if not tiling.whole_plane_fits(self.network, *padded, options.memory_budget):
             return None
-        # The residual blocks' level: its channels, and its size (the stride product down).
-        channels = stages[1].conv_block[1].in_channels
-        reference = tiling.reference_channels(self.network)
-        level_tile = tiling.level_tile_size(tile, reference, channels)
-        if min(padded) // self.multiple < 2 * level_tile:
-            return None  # a tile or two a side: tiling has nothing to gain
-        return WholeOrTiles(self.network, padded, level_tile, self.device)
+        return choice_for(self.network, padded, self.multiple, tile, self.device)
 
     def _check_tile_size(self, tile_size: object, generator: str) -> None:
         """Refuse a tile the generator cannot take (its blended modes would fail on it)."""

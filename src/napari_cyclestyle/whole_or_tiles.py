@@ -26,6 +26,7 @@ from torch import nn
 
 from .devices import exact_inference
 from .networks import ResnetBlock, ResnetGenerator
+from .tiling import level_tile_size, reference_channels
 
 # How much faster per pixel the crop's block must run for tiles to be chosen: tiling's
 # own costs (stored activations, statistics passes, context read twice) take up to
@@ -61,28 +62,50 @@ def forward_stages(network: nn.Module) -> list[nn.Module] | None:
     ]
 
 
+def choice_for(
+    network: nn.Module, padded: tuple[int, int], multiple: int, tile: int, device: torch.device
+) -> WholeOrTiles | None:
+    """The choice for ``network``'s planes of ``padded`` size against ``tile``-px tiles,
+    or None where there is none to make: not a ResNet generator (see
+    :func:`forward_stages`), or a tile or two a side at the residual blocks' level, where
+    tiling has nothing to gain. ``multiple`` is the generator's stride product."""
+    stages = forward_stages(network)
+    if stages is None:
+        return None
+    channels = stages[1].conv_block[1].in_channels
+    level_tile = level_tile_size(tile, reference_channels(network), channels)
+    if min(padded) // multiple < 2 * level_tile:
+        return None
+    return WholeOrTiles(network, stages, padded, level_tile, device)
+
+
 class WholeOrTiles:
-    """The choice between one whole-plane forward and tiles for planes of one size.
+    """The choice between one whole-plane forward and tiles for planes of one size
+    (made by :func:`choice_for`).
 
     Parameters
     ----------
     network : nn.Module
-        A ResNet generator in eval mode (:func:`forward_stages` is not None for it).
+        A ResNet generator in eval mode.
+    stages : list of nn.Module
+        Its :func:`forward_stages`.
     padded : (int, int)
         The plane's size once padded to the generator's size multiple.
     level_tile : int
         Side of the tiles that tiled translation would use at the residual blocks' level
-        (see :meth:`tiling.layerwise.Layerwise.level_tile`).
+        (see :func:`tiling.level_tile_size`).
     device : torch.device
         Where the network runs.
     """
 
     def __init__(
-        self, network: nn.Module, padded: tuple[int, int], level_tile: int, device: torch.device
+        self,
+        network: nn.Module,
+        stages: list[nn.Module],
+        padded: tuple[int, int],
+        level_tile: int,
+        device: torch.device,
     ) -> None:
-        stages = forward_stages(network)
-        if stages is None:
-            raise ValueError(f"{type(network).__name__} has no residual blocks to time.")
         self.stages, self.level_tile = stages, level_tile
         self.key = (
             _architecture(network),
