@@ -308,6 +308,21 @@ def _time_steps(settings: Settings, step, device, count_flops: bool = True) -> d
     }
 
 
+def _as_reference_layers(network) -> None:
+    """Make ``network``'s layers the reference code's, in place: our instance norm and
+    image-output convolution (which pick faster CPU kernels while training) become the
+    plain ``nn.InstanceNorm2d`` and ``nn.Conv2d`` they subclass."""
+    from torch import nn
+
+    from napari_cyclestyle.networks.layers import ImageOutputConv2d, InstanceNorm
+
+    for layer in network.modules():
+        if isinstance(layer, InstanceNorm):
+            layer.__class__ = nn.InstanceNorm2d
+        elif isinstance(layer, ImageOutputConv2d):
+            layer.__class__ = nn.Conv2d
+
+
 def measure_reference(settings: Settings, case: TrainCase, batch_size: int, device_name: str):
     """The paper's training step written plainly, as the reference code's
     ``optimize_parameters`` does it: one network call per image set (G(a), F(G(a)),
@@ -328,6 +343,8 @@ def measure_reference(settings: Settings, case: TrainCase, batch_size: int, devi
     torch.manual_seed(0)
     net_g, net_f = (build_generator(case.generator, 3, 3, case.ngf).to(device) for _ in "GF")
     net_d_a, net_d_b = (build_discriminator("basic", 3, case.ngf).to(device) for _ in "AB")
+    for network in (net_g, net_f, net_d_a, net_d_b):
+        _as_reference_layers(network)
     generators = list(chain(net_g.parameters(), net_f.parameters()))
     discriminators = list(chain(net_d_a.parameters(), net_d_b.parameters()))
     optimizer_g = torch.optim.Adam(generators, lr=2e-4, betas=(0.5, 0.999))

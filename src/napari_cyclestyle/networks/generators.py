@@ -13,7 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import NORMS
-from .layers import check_choice, check_count, conv_bias, norm_layer, upsampling_layers
+from .layers import (
+    ImageOutputConv2d,
+    check_choice,
+    check_count,
+    conv_bias,
+    norm_layer,
+    upsampling_layers,
+)
 
 # --------------------------------------------------------------------------------------
 # ResNet generator
@@ -158,7 +165,7 @@ class ResnetGenerator(GeneratorBase):
             channels //= 2
         layers += [
             nn.ReflectionPad2d(3),
-            nn.Conv2d(channels, out_channels, kernel_size=7, padding=0),
+            ImageOutputConv2d(channels, out_channels, kernel_size=7, padding=0),
             nn.Tanh(),
         ]
         self.model = nn.Sequential(*layers)
