@@ -154,7 +154,8 @@ class TrainConfig:
         Run each generator and discriminator on one concatenated batch per phase of a
         step instead of one call per image set: the same mathematics with fewer, larger
         operations (faster on small images). Ignored with batch norm, whose statistics
-        would mix the sets.
+        would mix the sets. On the CPU with two threads or more, small generators run
+        the step's two cycles side by side instead (:mod:`napari_cyclestyle.cycle_halves`).
     precision : str
         ``auto``: mixed precision on CUDA (bf16 where supported, else fp16 with a
         gradient scaler), fp32 elsewhere; ``fp32`` (IEEE float32: on CUDA without

@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from .config import Config
+from .cycle_halves import step_side_by_side
 from .devices import ieee_float32
 from .distributed import DistributedContext
+from .heap import settle_malloc_thresholds
 from .losses import GANLoss, ImagePool, cycle_loss
 from .methods import (
     NCE_IDENTITY_LOSS_NAME,
@@ -31,6 +33,7 @@ from .methods import (
 )
 from .model import build_network
 from .optimisers import Optimisers
+from .side_by_side import SideBySide, pays_off
 from .training_networks import Networks, build_networks, called_networks, resolve_precision
 
 # Every loss the step computes; events, logs and model provenance follow this list.
@@ -132,6 +135,28 @@ class CycleGAN:
             domain: ImagePool(train.pool_size, torch.Generator().manual_seed(seed + offset))
             for domain, offset in (("A", 1), ("B", 2))
         }
+        if device.type == "cpu":
+            settle_malloc_thresholds()
+        # On the CPU, the two cycles side by side where that pays (cycle_halves.py).
+        self.side_by_side = (
+            SideBySide(torch.get_num_threads()) if self._cycles_side_by_side() else None
+        )
+
+    def _cycles_side_by_side(self) -> bool:
+        """Whether steps run the two cycles at once: a batched fp32 CycleGAN on the CPU,
+        in one process, uncompiled, that draws no random number in the step (no dropout,
+        DiffAugment or PatchNCE, whose draws from torch's one stream would interleave),
+        with generators small enough for it to pay (:func:`side_by_side.pays_off`)."""
+        train = self.config.train
+        return (
+            self.device.type == "cpu"
+            and self.context.world_size == 1
+            and self.batched_forward
+            and self.precision == "fp32"
+            and not (train.one_sided or train.compile or train.augment_policies)
+            and not (self.config.model.dropout or self.terms.patch_nce)
+            and pays_off(self.networks.generators(), torch.get_num_threads())
+        )
 
     # ------------------------------------------------------------------ one step
     def training_step(
@@ -155,6 +180,9 @@ class CycleGAN:
             (reading them back is a host sync: the trainer does it every few steps).
         """
         self.updates += 1
+        if self.side_by_side is not None:
+            self.optimisers.set_learning_rate(learning_rate)
+            return step_side_by_side(self, real_a, real_b)
         with ieee_float32() if self.precision == "fp32" else contextlib.nullcontext():
             return self._step(real_a, real_b, learning_rate)
 
@@ -190,7 +218,7 @@ class CycleGAN:
             for name, r1_name, network, real, fake, pool in judged:
                 if with_r1:
                     real = real.detach().requires_grad_(True)
-                on_real, on_fake = self._discriminate(
+                on_real, on_fake = self.discriminate(
                     network, self.terms.augment(real), self.terms.augment(pool.query(out[fake]))
                 )
                 losses[name] = 0.5 * (self.gan_loss(on_real, True) + self.gan_loss(on_fake, False))
@@ -232,7 +260,7 @@ class CycleGAN:
         losses["cycle_B"] = cycle_loss(out["rec_B"], real_b) * train.lambda_cycle_b
         return out, losses, _GENERATOR_LOSSES
 
-    def _discriminate(self, network: nn.Module, real: torch.Tensor, fake: torch.Tensor):
+    def discriminate(self, network: nn.Module, real: torch.Tensor, fake: torch.Tensor):
         """The discriminator's predictions on real and fake images (one call if batched)."""
         if self.batched_forward:
             return network(torch.cat([real, fake])).split(len(real))

@@ -132,17 +132,23 @@ class CycleGANTerms:
         real_a: torch.Tensor,
         real_b: torch.Tensor,
         out: dict[str, torch.Tensor],
+        sources: tuple[str, ...] = ("A", "B"),
     ) -> tuple[str, ...]:
-        """Add the structure and PatchNCE terms to ``losses``; return their names."""
+        """Add the structure and PatchNCE terms of the generators' outputs from
+        ``sources`` to ``losses``; return their names."""
         train, names = self.train, ()
         reals = {"A": real_a, "B": real_b}
         if train.lambda_structure > 0:
             weight = train.lambda_structure
             for name, source, output in self._structure_terms:
+                if source not in sources:
+                    continue
                 losses[name] = structure_loss(reals[source], out[output]) * weight
                 names += (name,)
         named = networks.named()
         for name, generator, source, output in self._nce_terms:
+            if source not in sources:
+                continue
             patch_nce = self.patch_nce[generator]
             losses[name] = (
                 patch_nce(named[generator], reals[source], out[output]) * self.nce_weight

@@ -11,6 +11,11 @@ import torch
 from .config import TrainConfig
 
 
+def parameters_of(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """What ``optimizer`` updates, in its order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 class Optimisers:
     """The generators' and the discriminators' Adam (fused on CPU and CUDA) and, in fp16,
     the gradient scaler they share.
@@ -59,6 +64,16 @@ class Optimisers:
         else:
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
+
+    def step_with(
+        self, gradients: list[torch.Tensor | None], optimizer: torch.optim.Optimizer
+    ) -> None:
+        """One update of ``optimizer``'s parameters by ``gradients`` (one per parameter,
+        in the optimiser's order; None for none), computed elsewhere (fp32 and bf16:
+        without a loss scale)."""
+        for parameter, gradient in zip(parameters_of(optimizer), gradients, strict=True):
+            parameter.grad = gradient
+        optimizer.step()
 
     def end_step(self) -> None:
         """After both sides' updates: let fp16's loss scale learn from the step."""
