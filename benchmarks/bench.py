@@ -21,6 +21,11 @@ Measures, each in a fresh Python process (so peak memory belongs to one measurem
   (1024² whole, and with ``tile_size="auto"``: first in the process, timed before, and
   with its timing forced to choose the whole plane; the choice it made):
   megapixels/s, achieved fraction of the matmul rate, peak memory;
+- in one process each, in alternating rounds (a shared CPU's busy moments then slow
+  both sides alike): our paper step against the reference step at ngf 16 crop 64,
+  batch 1 (:func:`measure_pair`: the median of the rounds' ratios), and on the CPU the
+  1024² translation whole against ``tile_size="auto"`` (``bench_whole_or_tiles.py``'s
+  rounds, each forgetting the last one's timing);
 - ``import napari_cyclestyle`` time (fresh processes, best of several);
 - time to open each widget in a napari viewer (under Xvfb when there is no display),
   once torch is imported.
@@ -52,6 +57,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +103,12 @@ class Settings:
     translate_ngf: int
     import_repeats: int
     extra_warmup: bool  # one more untimed step after the FLOP-counted one, if steps are short
+    # The measurements in one process, in alternating rounds: the paper step against the
+    # reference (measure_pair, at batch 1) and tile_size="auto" against the whole plane.
+    paired_case: TrainCase
+    paired_translate_size: int
+    pair_rounds: int
+    pair_block_seconds: float  # each side's block of training steps in a round
 
 
 FULL_TRANSLATE = (
@@ -105,8 +118,24 @@ FULL_TRANSLATE = (
     (1024, "none"),
     (4096, "auto"),
 )
-FULL = Settings(4096, FULL_CASES, 2, 20.0, 50, FULL_TRANSLATE, 64, 5, True)
-QUICK = Settings(512, QUICK_CASES, 1, 0.0, 1, ((128, "auto"), (256, "none")), 4, 2, False)
+FULL = Settings(
+    4096, FULL_CASES, 2, 20.0, 50, FULL_TRANSLATE, 64, 5, True, FULL_CASES[1], 1024, 7, 3.0
+)
+QUICK = Settings(
+    512,
+    QUICK_CASES,
+    1,
+    0.0,
+    1,
+    ((128, "auto"), (256, "none")),
+    4,
+    2,
+    False,
+    QUICK_CASES[0],
+    256,
+    2,
+    0.2,
+)
 
 
 # ------------------------------------------------------------------ helpers (child side)
@@ -208,8 +237,8 @@ def _domain_images(crop_size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (4, side, side, 3), dtype=np.uint8)
 
 
-def measure_training(
-    settings: Settings,
+@contextmanager
+def _trainer_step(
     case: TrainCase,
     batch_size: int,
     forward: str,
@@ -217,14 +246,12 @@ def measure_training(
     precision: str = "auto",
     cudnn_benchmark: bool = True,
     channels_last: bool = False,
-) -> dict:
-    """Speed, FLOPs and peak memory of training steps through :class:`Trainer`.
+) -> Iterator[tuple]:
+    """A :class:`Trainer` on random images and a function that runs one of its steps.
 
     ``forward``: ``batched`` (the default step), ``paper`` (batched, with the ``paper``
-    preset's losses and layers: the work :func:`measure_reference` does), ``eager``
-    (``batched_forward=False``) or ``compiled`` (batched, with ``compile=True``; its
-    FLOPs are not counted, since compiled kernels bypass the counter: they are the
-    batched step's).
+    preset's losses and layers: the work :func:`_reference_step` does), ``eager``
+    (``batched_forward=False``) or ``compiled`` (batched, with ``compile=True``).
     """
     from napari_cyclestyle import Config, ModelConfig, TrainConfig, Trainer
     from napari_cyclestyle.presets import apply_preset
@@ -251,19 +278,36 @@ def measure_training(
     domain_a, domain_b = _domain_images(case.crop_size, 1), _domain_images(case.crop_size, 2)
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(domain_a, domain_b, config, output=Path(folder) / "bench.safetensors")
-        memory = _Memory(trainer.device)
         run = trainer.run()
-        row = _time_steps(
-            settings, lambda: next(run), trainer.device, count_flops=forward != "compiled"
-        )
+        try:
+            yield trainer, lambda: next(run)
+        finally:
+            run.close()
+
+
+def measure_training(
+    settings: Settings,
+    case: TrainCase,
+    batch_size: int,
+    forward: str,
+    device_name: str,
+    precision: str = "auto",
+    cudnn_benchmark: bool = True,
+    channels_last: bool = False,
+) -> dict:
+    """Speed, FLOPs and peak memory of training steps through :class:`Trainer`
+    (``forward``: see :func:`_trainer_step`; the compiled step's FLOPs are not counted,
+    since compiled kernels bypass the counter: they are the batched step's)."""
+    options = (precision, cudnn_benchmark, channels_last)
+    with _trainer_step(case, batch_size, forward, device_name, *options) as (trainer, step):
+        memory = _Memory(trainer.device)
+        row = _time_steps(settings, step, trainer.device, count_flops=forward != "compiled")
         peak = memory.peak_mib()
-        precision = trainer.precision
-        run.close()
     return {
         "config": case.name,
         "batch_size": batch_size,
         "forward": forward,
-        "precision": precision,
+        "precision": trainer.precision,
         "cudnn_benchmark": cudnn_benchmark if trainer.device.type == "cuda" else None,
         "channels_last": channels_last,
         **row,
@@ -323,7 +367,7 @@ def _as_reference_layers(network) -> None:
             layer.__class__ = nn.Conv2d
 
 
-def measure_reference(settings: Settings, case: TrainCase, batch_size: int, device_name: str):
+def _reference_step(case: TrainCase, batch_size: int, device) -> Callable[[], None]:
     """The paper's training step written plainly, as the reference code's
     ``optimize_parameters`` does it: one network call per image set (G(a), F(G(a)),
     F(b), G(F(b)), the identities G(b) and F(a), each discriminator on real and pooled
@@ -335,11 +379,9 @@ def measure_reference(settings: Settings, case: TrainCase, batch_size: int, devi
     import torch
     from torch import nn
 
-    from napari_cyclestyle.devices import resolve_device
     from napari_cyclestyle.losses import GANLoss, ImagePool
     from napari_cyclestyle.networks import build_discriminator, build_generator
 
-    device = resolve_device(device_name)
     torch.manual_seed(0)
     net_g, net_f = (build_generator(case.generator, 3, 3, case.ngf).to(device) for _ in "GF")
     net_d_a, net_d_b = (build_discriminator("basic", 3, case.ngf).to(device) for _ in "AB")
@@ -383,6 +425,15 @@ def measure_reference(settings: Settings, case: TrainCase, batch_size: int, devi
             loss_d.backward()
         optimizer_d.step()
 
+    return step
+
+
+def measure_reference(settings: Settings, case: TrainCase, batch_size: int, device_name: str):
+    """Speed, FLOPs and peak memory of :func:`_reference_step`."""
+    from napari_cyclestyle.devices import resolve_device
+
+    device = resolve_device(device_name)
+    step = _reference_step(case, batch_size, device)
     memory = _Memory(device)
     row = _time_steps(settings, step, device)
     return {
@@ -395,6 +446,57 @@ def measure_reference(settings: Settings, case: TrainCase, batch_size: int, devi
         **row,
         "images_per_second": row["steps_per_second"] * batch_size,
         "peak_mib": memory.peak_mib(),
+    }
+
+
+def _steps_per_second(step, device, seconds: float) -> float:
+    """Steps/s of ``step()`` over a block of at least ``seconds`` (and two steps)."""
+    count, start = 0, time.perf_counter()
+    while count < 2 or time.perf_counter() - start < seconds:
+        step()
+        _synchronize(device)
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def measure_pair(settings: Settings, case: TrainCase, batch_size: int, device_name: str):
+    """Our Trainer's paper step against :func:`_reference_step` in one process, in
+    alternating blocks (the first of each round alternating too): a busy moment of a
+    shared CPU slows both alike, where separate processes catch the machine in
+    different states. Both warm up first; the speed-up is the median of the rounds'.
+    The two share the process's heap settings (our Trainer settles glibc's malloc
+    thresholds, which the reference then runs with too)."""
+    from napari_cyclestyle.devices import resolve_device
+
+    device = resolve_device(device_name)
+    reference = _reference_step(case, batch_size, device)
+    with _trainer_step(case, batch_size, "paper", device_name) as (_, paper):
+        for _ in range(2):
+            reference()
+            paper()
+        _synchronize(device)
+        rounds = []
+        for index in range(settings.pair_rounds):
+            order = ("reference", "paper") if index % 2 == 0 else ("paper", "reference")
+            steps = {"reference": reference, "paper": paper}
+            speeds = {
+                name: _steps_per_second(steps[name], device, settings.pair_block_seconds)
+                for name in order
+            }
+            rounds.append(speeds)
+            _progress(
+                f"  round {index + 1}: reference {speeds['reference']:.2f}, paper "
+                f"{speeds['paper']:.2f} steps/s ({speeds['paper'] / speeds['reference']:.2f}×)"
+            )
+    ratios = [speeds["paper"] / speeds["reference"] for speeds in rounds]
+    return {
+        "config": case.name,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "ratios": ratios,
+        "median_ratio": float(np.median(ratios)),
+        "reference_steps_per_second": float(np.median([r["reference"] for r in rounds])),
+        "paper_steps_per_second": float(np.median([r["paper"] for r in rounds])),
     }
 
 
@@ -459,6 +561,16 @@ def measure_translation(settings: Settings, size: int, tiling: str, device_name:
         "peak_mib": memory.peak_mib(),
         "cpu_share": cpu_seconds / seconds / torch.get_num_threads(),
     }
+
+
+def measure_translation_rounds(settings: Settings) -> dict:
+    """``tile_size="auto"`` against the whole plane on the CPU, in one process, modes
+    alternating: ``bench_whole_or_tiles.measure_rounds`` (its docstring names the
+    modes), on a ``paired_translate_size``² image."""
+    from bench_whole_or_tiles import measure_rounds
+
+    size, ngf = settings.paired_translate_size, settings.translate_ngf
+    return measure_rounds(size, ngf, settings.pair_rounds, _progress)
 
 
 def measure_widget(name: str, device_name: str) -> dict:
@@ -613,6 +725,10 @@ def run_all(args: argparse.Namespace) -> dict:
             settings.translate_cases, measured[len(training_keys) :], strict=True
         )
     ]
+    results["paired"] = _run_isolated([f"pair:{settings.paired_case.name}:1"], args)[0]
+    on_cpu = results["matmul"].get("device", "cpu").startswith("cpu")
+    rounds = _run_isolated(["translate-rounds"], args)[0] if on_cpu else {}
+    results["translation_rounds"] = rounds
     _progress("import time ...")
     results["import"] = measure_import(settings.import_repeats)
     wrapper, reason = _display_wrapper()
@@ -651,6 +767,12 @@ def run_one(spec: str, args: argparse.Namespace) -> dict:
             cudnn == "on",
             layout == "nhwc",
         )
+    if kind == "pair":
+        name, batch_size = rest.split(":")
+        case = next(case for case in settings.cases if case.name == name)
+        return measure_pair(settings, case, int(batch_size), args.device)
+    if kind == "translate-rounds":
+        return measure_translation_rounds(settings)
     if kind == "translate":
         size, tiling = rest.split(":")
         return measure_translation(settings, int(size), tiling, args.device)
@@ -727,6 +849,14 @@ def check_targets(results: dict) -> list[dict]:
         1.5,
         "x",
     )
+    paired = results.get("paired", {})
+    add(
+        f"{small} batch 1, paper preset: speed-up over the reference step, in one process "
+        f"(median of {len(paired.get('ratios', []))} alternating rounds)",
+        paired.get("median_ratio"),
+        1.5,
+        "x",
+    )
     add(
         f"{small} batch 1, compile=True: speed-up over the plain eager reference step",
         speedup("compiled"),
@@ -755,6 +885,16 @@ def check_targets(results: dict) -> list[dict]:
             "x",
             True,
         )
+    over_whole = results.get("translation_rounds", {}).get("over_whole", {})
+    for mode, what in (("timed", "first"), ("timed-whole", "first, timing forced to whole")):
+        add(
+            f"translate 1024²: tile_size='auto' ({what}) over the whole plane, in one "
+            "process (ratio of the rounds' totals)",
+            over_whole.get(mode),
+            1.03,
+            "x",
+            True,
+        )
     add("import napari_cyclestyle", results["import"].get("best_seconds"), 0.2, "s", True)
     train_widget = _find(results["widgets"], widget="Train CycleGAN")
     add("open the training widget", train_widget.get("seconds"), 1.0, "s", True)
@@ -763,6 +903,38 @@ def check_targets(results: dict) -> list[dict]:
 
 def _cell(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _paired_report(results: dict) -> list[str]:
+    """The measurements in one process, alternating, as text lines."""
+    paired, rounds = results.get("paired", {}), results.get("translation_rounds", {})
+    lines = [""]
+    if "ratios" in paired:
+        lines.append(
+            f"in one process, {paired['config']} batch {paired['batch_size']}: paper "
+            f"{paired['paper_steps_per_second']:.2f} steps/s against the reference's "
+            f"{paired['reference_steps_per_second']:.2f} (medians); paper over reference "
+            "per round: "
+            + ", ".join(f"{ratio:.2f}×" for ratio in paired["ratios"])
+            + f"; median {paired['median_ratio']:.2f}×"
+        )
+    elif paired:
+        lines.append(f"in one process, paper against reference: n/a ({paired.get('error')})")
+    if "over_whole" in rounds:
+        lines.append(
+            f"in one process, {rounds['size']}² translation, {len(rounds['choices'])} rounds: "
+            + ", ".join(
+                f"{mode} " + "/".join(f"{t:.2f}" for t in times) + " s"
+                for mode, times in rounds["seconds"].items()
+            )
+            + "; over whole (totals): "
+            + ", ".join(f"{mode} {ratio:.3f}" for mode, ratio in rounds["over_whole"].items())
+            + "; timed choices: "
+            + ", ".join(rounds["choices"])
+        )
+    elif rounds:
+        lines.append(f"in one process, auto against the whole plane: n/a ({rounds.get('error')})")
+    return lines
 
 
 def format_report(results: dict) -> str:
@@ -830,6 +1002,7 @@ def format_report(results: dict) -> str:
             f"| {row['gflops_per_second']:.1f} | {_cell(share, '.0%')} | {row['peak_mib']:.0f} "
             f"| {row['cpu_share']:.0%} |"
         )
+    lines += _paired_report(results)
     imported = results["import"]
     lines += [
         "",

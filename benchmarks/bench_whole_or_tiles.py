@@ -49,7 +49,7 @@ def _model(ngf: int) -> CycleStyleModel:
 
 def _seconds(image: np.ndarray, model: CycleStyleModel, mode: str) -> float:
     if mode != "known":
-        whole_or_tiles._tiles_faster.clear()
+        whole_or_tiles.forget_timings()
     faster_by = whole_or_tiles.FASTER_BY
     if mode == "timed-whole":
         whole_or_tiles.FASTER_BY = float("inf")
@@ -61,6 +61,34 @@ def _seconds(image: np.ndarray, model: CycleStyleModel, mode: str) -> float:
         whole_or_tiles.FASTER_BY = faster_by
 
 
+def measure_rounds(size: int, ngf: int, rounds: int, progress=print) -> dict:
+    """Seconds of each mode per round (modes alternating) on one ``size``² RGB uint8
+    image, and the choice ``timed`` made in each round; ``progress`` gets a line per
+    round."""
+    model = _model(ngf)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    translate(image[:256, :256], model, device="cpu")  # warm-up: imports, first kernels
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    choices = []
+    for round_ in range(rounds):
+        for mode in MODES:
+            times[mode].append(_seconds(image, model, mode))
+            if mode == "timed":
+                choices.append(whole_or_tiles.timed_choices().get((size, size)))
+        progress(f"round {round_ + 1}: " + ", ".join(f"{m} {times[m][-1]:.2f} s" for m in MODES))
+    whole = sum(times["whole"])
+    return {
+        "size": size,
+        "ngf": ngf,
+        "seconds": times,
+        "over_whole": {mode: sum(times[mode]) / whole for mode in MODES},
+        "choices": [
+            {True: "tiles", False: "whole"}.get(choice, "not timed") for choice in choices
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the rounds and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,30 +96,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ngf", type=int, default=64, help="generator width (default 64)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of all modes")
     args = parser.parse_args(argv)
-    model = _model(args.ngf)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
-    translate(image[:256, :256], model, device="cpu")  # warm-up: imports, first kernels
     print(
         f"{args.size}² RGB, resnet_9blocks ngf {args.ngf}, {torch.get_num_threads()} threads, "
         f"ISA {torch.backends.cpu.get_cpu_capability()}"
     )
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
-    choices = []
-    for round_ in range(args.rounds):
-        for mode in MODES:
-            times[mode].append(_seconds(image, model, mode))
-            if mode == "timed":
-                choices.append(whole_or_tiles.timed_choices().get((args.size, args.size)))
-        print(f"round {round_ + 1}: " + ", ".join(f"{m} {times[m][-1]:.2f} s" for m in MODES))
-    whole = sum(times["whole"])
+    measured = measure_rounds(args.size, args.ngf, args.rounds)
     print(
         "over whole (ratio of totals): "
-        + ", ".join(f"{m} {sum(times[m]) / whole:.3f}" for m in MODES)
+        + ", ".join(f"{mode} {ratio:.3f}" for mode, ratio in measured["over_whole"].items())
     )
-    print(
-        "timed choices: " + ", ".join({True: "tiles", False: "whole"}.get(c, "?") for c in choices)
-    )
+    print("timed choices: " + ", ".join(measured["choices"]))
 
 
 if __name__ == "__main__":

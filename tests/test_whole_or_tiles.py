@@ -97,6 +97,20 @@ def test_a_faster_whole_plane_goes_on_whole(monkeypatch, image, model, whole):
     np.testing.assert_array_equal(again, whole)
 
 
+def test_forgotten_timings_are_timed_again(monkeypatch, image, model, whole):
+    monkeypatch.setattr(whole_or_tiles, "FASTER_BY", float("inf"))  # whole faster
+    progress(image, model)
+    assert whole_or_tiles.timed_choices() == {(SIDE, SIDE): False}
+    whole_or_tiles.forget_timings()
+    assert whole_or_tiles.timed_choices() == {}
+
+    monkeypatch.setattr(whole_or_tiles, "FASTER_BY", 0.0)  # now tiles faster
+    done, total, again = progress(image, model)
+    assert total == 8  # timed again, on the way
+    assert whole_or_tiles.timed_choices() == {(SIDE, SIDE): True}
+    assert max_error(again, whole) <= 1e-3
+
+
 def test_a_stack_is_timed_on_its_first_plane_only(monkeypatch, image, model):
     timings = []
     crop_faster = whole_or_tiles.WholeOrTiles._crop_faster

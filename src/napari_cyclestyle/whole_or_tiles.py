@@ -44,6 +44,12 @@ def timed_choices() -> dict[tuple[int, int], bool]:
     return {key[1]: faster for key, faster in _tiles_faster.items()}
 
 
+def forget_timings() -> None:
+    """Forget every choice timed in this process: the next plane of each size is timed
+    again (after the machine's load has changed, or to measure a first plane again)."""
+    _tiles_faster.clear()
+
+
 def forward_stages(network: nn.Module) -> list[nn.Module] | None:
     """A ResNet generator's forward as stages: the layers before the residual blocks,
     each block, and the layers after; None for any other generator (or fewer than two
