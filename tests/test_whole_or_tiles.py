@@ -23,6 +23,7 @@ SIDE = 1024
 def untimed(monkeypatch):
     """Each test starts with nothing timed."""
     monkeypatch.setattr(whole_or_tiles, "_tiles_faster", {})
+    monkeypatch.setattr(whole_or_tiles, "_whole_timings", {})
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +88,11 @@ def test_faster_tiles_are_chosen_and_remembered(monkeypatch, image, model, whole
 
 def test_a_faster_whole_plane_goes_on_whole(monkeypatch, image, model, whole):
     monkeypatch.setattr(whole_or_tiles, "FASTER_BY", float("inf"))  # whole faster
-    done, total, first = progress(image, model)
-    assert done == list(range(1, 9))
-    np.testing.assert_array_equal(first, whole)  # the same forward, stage by stage
+    for _timing in range(whole_or_tiles.WHOLE_TIMINGS):
+        assert whole_or_tiles._tiles_faster == {}  # not decided yet: timed again
+        done, total, first = progress(image, model)
+        assert done == list(range(1, 9))
+        np.testing.assert_array_equal(first, whole)  # the same forward, stage by stage
     assert list(whole_or_tiles._tiles_faster.values()) == [False]
 
     done, total, again = progress(image, model)
@@ -111,7 +114,25 @@ def test_forgotten_timings_are_timed_again(monkeypatch, image, model, whole):
     assert max_error(again, whole) <= 1e-3
 
 
-def test_a_stack_is_timed_on_its_first_plane_only(monkeypatch, image, model):
+def test_tiles_can_win_after_a_whole_plane(monkeypatch, image, model, whole):
+    monkeypatch.setattr(whole_or_tiles, "FASTER_BY", float("inf"))  # a busy moment
+    progress(image, model)
+    assert whole_or_tiles.timed_choices() == {(SIDE, SIDE): False}
+    assert whole_or_tiles._tiles_faster == {}  # but not decided
+
+    monkeypatch.setattr(whole_or_tiles, "FASTER_BY", 0.0)  # tiles faster again
+    done, total, again = progress(image, model)
+    assert total == 8  # timed again, and tiles chosen on the way
+    assert list(whole_or_tiles._tiles_faster.values()) == [True]
+    assert whole_or_tiles._whole_timings == {}
+    assert max_error(again, whole) <= 1e-3
+
+
+@pytest.mark.parametrize(
+    ("faster_by", "planes_timed"), [(0.0, 1), (float("inf"), 3)], ids=["tiles", "whole"]
+)
+def test_a_stack_is_timed_until_it_is_decided(monkeypatch, image, model, faster_by, planes_timed):
+    monkeypatch.setattr(whole_or_tiles, "FASTER_BY", faster_by)
     timings = []
     crop_faster = whole_or_tiles.WholeOrTiles._crop_faster
 
@@ -120,10 +141,10 @@ def test_a_stack_is_timed_on_its_first_plane_only(monkeypatch, image, model):
         return crop_faster(self, *args)
 
     monkeypatch.setattr(whole_or_tiles.WholeOrTiles, "_crop_faster", counted)
-    stack = np.stack([image, image[::-1]])
+    stack = np.stack([image, image[::-1], image[:, ::-1], image[::-1, ::-1]])
     done, total, _ = progress(stack, model)
-    assert len(timings) == 1
-    assert done == list(range(1, total + 1)) and total == 2 * 8
+    assert len(timings) == planes_timed
+    assert done == list(range(1, total + 1)) and total == 4 * 8
 
 
 def test_small_planes_lazy_and_explicit_tiles_are_not_timed(image, model):

@@ -74,9 +74,10 @@ class TranslateOptions:
         with the largest tile that fits (on the CPU at most 256 px). On the CPU, a ResNet
         generator's planes that fit in half the available RAM (or ``memory_budget``,
         when given) and span at least four tiles a side go whole or in tiles,
-        whichever this machine runs faster: the first such plane of a process starts
-        whole and is timed on the way (:mod:`~napari_cyclestyle.whole_or_tiles`; not
-        in lazy or cluster runs, which use an earlier timing when there is one). An
+        whichever this machine runs faster: such planes start whole and are timed on
+        the way until the answer holds for the process, tiles at once, the whole
+        plane after three planes (:mod:`~napari_cyclestyle.whole_or_tiles`; not in
+        lazy or cluster runs, which use an earlier timing when there is one). An
         int: always tile, with tiles of that side (pixels), rounded up to the
         generator's size multiple (4 for the ResNets, 8 for encoder_decoder, 128 and
         256 for the U-Nets); a tile smaller than the generator takes (twice the

@@ -9,8 +9,11 @@ forward, stage by stage, and its first residual block is timed on the whole plan
 on a crop of a sixteenth of a tile's area (the best of three runs). Tiles are chosen
 only when the crop runs faster per pixel by ``FASTER_BY``; otherwise the forward goes
 on, having spent only the crop's runs (three sixty-fourths of one block for a 1024²
-plane, well under 1 % of the forward; less for larger planes). The answer is kept for
-this process, for every later plane of that size and network.
+plane, well under 1 % of the forward; less for larger planes). Tiles, once chosen, hold
+for this process, for every later plane of that size and network. The whole plane holds
+only once ``WHOLE_TIMINGS`` planes have been timed whole: a busy moment of a shared CPU
+during the crop's runs can make the whole plane look faster, and timing again costs only
+the crop's runs, where timing again after tiles would cost a whole block.
 
 This module never imports napari or Qt.
 """
@@ -35,19 +38,27 @@ FASTER_BY = 1.15
 # Runs of the crop, of which the fastest counts, and its smallest side.
 CROP_RUNS = 3
 _MIN_CROP = 16
-# Which planes run faster in tiles, by network, plane size and machine state.
+# Planes timed whole, one after another, before the whole plane holds for the process.
+WHOLE_TIMINGS = 3
+# Which planes run faster in tiles, by network, plane size and machine state: decided.
 _tiles_faster: dict[tuple, bool] = {}
+# How many planes were timed whole so far, where that is not decided yet.
+_whole_timings: dict[tuple, int] = {}
 
 
 def timed_choices() -> dict[tuple[int, int], bool]:
-    """For each padded plane size timed in this process, whether tiles ran faster."""
-    return {key[1]: faster for key, faster in _tiles_faster.items()}
+    """For each padded plane size timed in this process, whether tiles ran faster (a
+    whole plane not yet decided counts as whole: the last plane went whole)."""
+    choices = {key[1]: False for key in _whole_timings}
+    choices.update({key[1]: faster for key, faster in _tiles_faster.items()})
+    return choices
 
 
 def forget_timings() -> None:
     """Forget every choice timed in this process: the next plane of each size is timed
     again (after the machine's load has changed, or to measure a first plane again)."""
     _tiles_faster.clear()
+    _whole_timings.clear()
 
 
 def forward_stages(network: nn.Module) -> list[nn.Module] | None:
@@ -123,7 +134,8 @@ class WholeOrTiles:
 
     @property
     def tiles_faster(self) -> bool | None:
-        """Whether tiles run faster here, or None until a plane has been timed."""
+        """Whether tiles run faster here, or None until that is decided (tiles: the first
+        plane timed so; the whole plane: ``WHOLE_TIMINGS`` planes in a row)."""
         return _tiles_faster.get(self.key)
 
     def forward_steps(self, batch: torch.Tensor) -> Iterator[None]:
@@ -140,11 +152,22 @@ class WholeOrTiles:
             result = _apply(stage, values)
             if timed:
                 whole_seconds = time.perf_counter() - start
-                _tiles_faster[self.key] = self._crop_faster(stage, values, whole_seconds)
-                if _tiles_faster[self.key]:
+                if self._crop_faster(stage, values, whole_seconds):
+                    _whole_timings.pop(self.key, None)
+                    _tiles_faster[self.key] = True
                     return None
+                self._record_whole()
             values = result
         return values
+
+    def _record_whole(self) -> None:
+        """Count a plane timed whole; the ``WHOLE_TIMINGS``-th decides for the process."""
+        count = _whole_timings.get(self.key, 0) + 1
+        if count < WHOLE_TIMINGS:
+            _whole_timings[self.key] = count
+            return
+        _whole_timings.pop(self.key, None)
+        _tiles_faster[self.key] = False
 
     def _crop_faster(self, block: nn.Module, values: torch.Tensor, whole_seconds: float) -> bool:
         """Whether ``block`` runs ``FASTER_BY`` faster per pixel on a crop of a sixteenth
