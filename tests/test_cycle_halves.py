@@ -109,6 +109,16 @@ def test_side_by_side_raises_a_workers_error_after_both_end(two_threads):
     assert finished == [True]
 
 
+def test_a_flop_counter_sees_the_work_of_both_halves(two_threads):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    left, right = torch.ones(8, 16), torch.ones(16, 4)
+    with FlopCounterMode(display=False) as counter:
+        first, second = SideBySide(2).run(lambda: left @ right, lambda: right.T @ left.T)
+    assert counter.get_total_flops() == 2 * (2 * 8 * 16 * 4)
+    assert torch.equal(first, second.T)
+
+
 def test_the_cpu_training_layers_compute_the_plain_layers_values_and_gradients():
     torch.manual_seed(0)
     x = torch.randn(3, 5, 12, 10, requires_grad=True)

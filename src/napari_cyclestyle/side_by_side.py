@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import torch
 from torch import nn
+from torch.utils import _python_dispatch
 
 _First = TypeVar("_First")
 _Second = TypeVar("_Second")
@@ -110,7 +111,14 @@ class SideBySide:
         self, first: Callable[[], _First], second: Callable[[], _Second]
     ) -> tuple[_First, _Second]:
         """``first()`` and ``second()``, run at once on the two workers; an error of
-        either is raised here (the first's, if both fail), after both have ended."""
+        either is raised here (the first's, if both fail), after both have ended.
+
+        While a torch dispatch mode is active in the calling thread (a
+        ``FlopCounterMode``, a debug mode), the two run one after the other in the
+        calling thread instead: such modes belong to one thread and would not see the
+        workers' operations."""
+        if _python_dispatch._get_current_dispatch_mode() is not None:
+            return first(), second()
         futures = (self._threads[0].submit(first), self._threads[1].submit(second))
         for future in futures:
             future.exception()  # wait for both before raising either's error
