@@ -19,7 +19,8 @@ Usage::
 
     python benchmarks/bench_whole_or_tiles.py                    # 1024², 4 rounds
     python benchmarks/bench_whole_or_tiles.py --size 2048 --rounds 2
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_whole_or_tiles.py
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/bench_whole_or_tiles.py
 """
 
 from __future__ import annotations
