@@ -39,7 +39,8 @@ Usage::
     .venv/bin/python benchmarks/bench.py --device cuda --one-process --no-widgets
 
 Prints a table, with the CPU kernels' ISA (``torch.backends.cpu.get_cpu_capability()``;
-``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` caps it); asserts nothing. The
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` caps
+it; MKL's cap keeps the matmul yardstick on the same ISA); asserts nothing. The
 targets of issues 6 and 22 are checked at the end of a full run. Peak memory is
 resident memory (``ru_maxrss``) above the process's size just before the measured work
 on CPU, and ``torch.cuda.max_memory_allocated`` on CUDA.
