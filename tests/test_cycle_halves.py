@@ -12,7 +12,11 @@ from napari_cyclestyle import cyclegan
 from napari_cyclestyle.config import ModelConfig
 from napari_cyclestyle.heap import settle_malloc_thresholds
 from napari_cyclestyle.model import build_network
-from napari_cyclestyle.networks.layers import ImageOutputConv2d, InstanceNorm
+from napari_cyclestyle.networks.layers import (
+    TAP_PRODUCTS_MIN_CHANNELS,
+    ImageOutputConv2d,
+    InstanceNorm,
+)
 from napari_cyclestyle.side_by_side import SideBySide, pays_off
 from napari_cyclestyle.trainer import Trainer
 
@@ -119,22 +123,42 @@ def test_a_flop_counter_sees_the_work_of_both_halves(two_threads):
     assert torch.equal(first, second.T)
 
 
-def test_the_cpu_training_layers_compute_the_plain_layers_values_and_gradients():
+@pytest.mark.numerics
+def test_the_cpu_training_norm_computes_the_plain_norms_values_and_gradients():
     torch.manual_seed(0)
     x = torch.randn(3, 5, 12, 10, requires_grad=True)
-    norm = InstanceNorm(5).train()
-    conv = ImageOutputConv2d(5, 3, kernel_size=7).train()
-    for ours, plain in (
-        (norm(x), F.instance_norm(x)),
-        (conv(x), F.conv2d(x, conv.weight, conv.bias)),
-    ):
-        assert ours.is_contiguous()
-        assert torch.allclose(ours, plain, atol=1e-5)
-        gradient = torch.randn_like(plain)
-        ours_gradient = torch.autograd.grad(ours, x, gradient)[0]
-        assert torch.allclose(ours_gradient, torch.autograd.grad(plain, x, gradient)[0], atol=1e-5)
+    ours, plain = InstanceNorm(5).train()(x), F.instance_norm(x)
+    assert ours.is_contiguous()
+    assert torch.allclose(ours, plain, atol=1e-5)
+    gradient = torch.randn_like(plain)
+    ours_gradient = torch.autograd.grad(ours, x, gradient)[0]
+    assert torch.allclose(ours_gradient, torch.autograd.grad(plain, x, gradient)[0], atol=1e-5)
     with pytest.raises(ValueError, match="more than 1 spatial element"):
-        norm(torch.randn(2, 5, 1, 1))  # as nn.InstanceNorm2d refuses it
+        InstanceNorm(5).train()(torch.randn(2, 5, 1, 1))  # as nn.InstanceNorm2d refuses it
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("in_channels", [5, TAP_PRODUCTS_MIN_CHANNELS])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_cpu_training_image_convolution_computes_the_plain_values_and_gradients(
+    in_channels, memory_format
+):
+    """Both CPU paths (channels-last kernels, tap products), on either input layout."""
+    torch.manual_seed(0)
+    conv = ImageOutputConv2d(in_channels, 3, kernel_size=7).train()
+    x = torch.randn(3, in_channels, 12, 10).contiguous(memory_format=memory_format)
+    x.requires_grad_()
+    ours, plain = conv(x), F.conv2d(x, conv.weight, conv.bias)
+    assert ours.shape == (3, 3, 6, 4) and ours.is_contiguous()
+    assert torch.allclose(ours, plain, rtol=1e-4, atol=1e-5)
+    gradient = torch.randn_like(plain)
+    inputs = (x, conv.weight, conv.bias)
+    ours_gradients = torch.autograd.grad(ours, inputs, gradient)
+    for mine, theirs in zip(
+        ours_gradients, torch.autograd.grad(plain, inputs, gradient), strict=True
+    ):
+        assert mine.shape == theirs.shape
+        assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_the_malloc_thresholds_are_set_on_linux_with_glibc():

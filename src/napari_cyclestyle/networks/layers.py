@@ -53,22 +53,105 @@ class InstanceNorm(nn.InstanceNorm2d):
 
 
 class ImageOutputConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that trains channels-last on the CPU: for a convolution to an
-    image's few channels (the ResNet generator's last 7×7), oneDNN's NHWC kernels are
-    1.2× (AVX-512) to 1.6× (AVX2) faster forward and backward than its NCHW ones.
+    """``nn.Conv2d`` that trains on faster CPU kernels: for a convolution to an image's
+    few channels (the ResNet generator's last 7×7), oneDNN's kernels run at a fraction of
+    the matmul rate.
 
-    The input and weight are viewed channels-last for the call and the output returned
-    contiguous. Elsewhere, and in eval mode, it is the plain convolution.
+    From :data:`TAP_PRODUCTS_MIN_CHANNELS` input channels on, the convolution runs as
+    one matrix product per image (:class:`_TapProducts`): 0.6–0.8× the time of oneDNN's
+    channels-last kernels forward and backward at 64 channels (AVX-512 and AVX2
+    kernels), 0.97× the time of the paper step at ngf 64 crop 256. With fewer input
+    channels the product is too shallow to pay for its memory traffic, and the input and
+    weight are viewed channels-last for the call instead (oneDNN's NHWC kernels are
+    1.2–1.6× faster than its NCHW ones there). The output is contiguous either way.
+    Under autocast it takes the channels-last path, whose convolution autocast casts as
+    usual. Elsewhere, and in eval mode, it is the plain convolution.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve ``x`` (``(N, C, H, W)``)."""
         if not (self.training and x.device.type == "cpu" and x.dim() == 4):
             return super().forward(x)
+        if self._runs_as_tap_products() and not torch.is_autocast_enabled("cpu"):
+            return _TapProducts.apply(x, self.weight, self.bias)
         nhwc = torch.channels_last
         weight = self.weight.contiguous(memory_format=nhwc)
         output = self._conv_forward(x.contiguous(memory_format=nhwc), weight, self.bias)
         return output.contiguous()
+
+    def _runs_as_tap_products(self) -> bool:
+        plain = self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+        unpadded = self.padding in ((0, 0), "valid")
+        return plain and unpadded and self.in_channels >= TAP_PRODUCTS_MIN_CHANNELS
+
+
+TAP_PRODUCTS_MIN_CHANNELS = 64
+"""Input channels from which :class:`ImageOutputConv2d` trains as tap products. With 16
+channels oneDNN's channels-last kernels were faster (1.2–1.3×, AVX-512 and AVX2); with
+32 the products won at 128 px but lost at 64 px with AVX2 kernels
+(``benchmarks/bench_image_output_conv.py``)."""
+
+
+class _TapProducts(torch.autograd.Function):
+    """An unpadded stride-1 convolution as one matrix product per image.
+
+    Each pair of an output channel and a kernel tap is a row of the product with the
+    input's channels (``(O·kh·kw) × C`` by ``C × (H·W)``), and the output is the sum of
+    the products' planes, each shifted by its tap. The products run at MKL's matmul rate
+    with the input's channels as depth; the backward pass spreads the output's gradient
+    back onto the shifted planes and runs the two transposed products.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        x = x.contiguous()
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        n, _, height, width = x.shape
+        out_channels, _, kernel_height, kernel_width = weight.shape
+        planes = torch.matmul(_tap_rows(weight), x.flatten(2))
+        planes = planes.view(n, out_channels, kernel_height, kernel_width, height, width)
+        out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
+        output = x.new_zeros(n, out_channels, out_height, out_width)
+        if bias is not None:
+            output += bias.view(1, -1, 1, 1)
+        for row in range(kernel_height):
+            for column in range(kernel_width):
+                output += planes[
+                    :, :, row, column, row : row + out_height, column : column + out_width
+                ]
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        n, channels, height, width = x.shape
+        out_channels, _, kernel_height, kernel_width = weight.shape
+        out_height, out_width = grad_output.shape[-2:]
+        grad_planes = grad_output.new_zeros(
+            n, out_channels, kernel_height, kernel_width, height, width
+        )
+        for row in range(kernel_height):
+            for column in range(kernel_width):
+                grad_planes[
+                    :, :, row, column, row : row + out_height, column : column + out_width
+                ] = grad_output
+        grad_planes = grad_planes.view(n, -1, height * width)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.matmul(_tap_rows(weight).t(), grad_planes).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            rows = torch.matmul(grad_planes, x.flatten(2).transpose(1, 2)).sum(0)
+            grad_weight = rows.view(out_channels, kernel_height, kernel_width, channels)
+            grad_weight = grad_weight.permute(0, 3, 1, 2).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_bias
+
+
+def _tap_rows(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``(O, C, kh, kw)`` as rows ``(O·kh·kw, C)``, one per channel and tap."""
+    return weight.permute(0, 2, 3, 1).reshape(-1, weight.shape[1])
 
 
 def norm_layer(norm: str, channels: int) -> nn.Module:
