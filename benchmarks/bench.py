@@ -54,6 +54,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -609,9 +610,19 @@ def _run_children(
         return [{"error": "timed out after 30 min"}] * len(specs)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        return [{"error": last[:200]}] * len(specs)
+        return [{"error": _failure(done.returncode, done.stderr)}] * len(specs)
     return json.loads(lines[-1])
+
+
+def _failure(returncode: int, stderr: str) -> str:
+    """Why a child failed: its exit status (the signal's name if one killed it, which
+    leaves no error text) and the last line it wrote to stderr."""
+    if returncode < 0:
+        status = f"killed by {signal.Signals(-returncode).name}"
+    else:
+        status = f"exit status {returncode}"
+    last = (stderr.strip().splitlines() or [""])[-1]
+    return f"{status}; last stderr line: {last[:160]}" if last else status
 
 
 def _run_isolated(
