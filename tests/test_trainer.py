@@ -311,7 +311,7 @@ def test_cudnn_autotuning_on_cuda_follows_its_switch(
 
 
 def test_networks_that_cannot_be_compiled_train_uncompiled(tmp_path, gray_domains, monkeypatch):
-    def broken_compile(network):
+    def broken_compile(network, **options):
         def compiled(batch):
             raise RuntimeError("no C compiler found")
 

@@ -29,7 +29,7 @@ class CompiledOrEager:
 
     def __init__(self, network: nn.Module, name: str) -> None:
         self.network, self.name = network, name
-        self.compiled: Callable | None = torch.compile(network)
+        self.compiled: Callable | None = torch.compile(network, options=_cpu_vector_width())
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None:
@@ -46,6 +46,22 @@ class CompiledOrEager:
                 )
                 self.compiled = None
         return self.network(batch)
+
+
+def _cpu_vector_width() -> dict[str, int]:
+    """Inductor's option that names the vector width its CPU kernels are written for.
+
+    Inductor picks the width from the CPU (or ``ATEN_CPU_CAPABILITY``) but leaves it out
+    of its cache's keys, so code written for 16-float AVX-512 vectors, cached by one
+    process, is compiled with AVX2's 8-float vectors by the next process whose kernels
+    are capped at AVX2 (or on another CPU sharing the cache directory), and reads past
+    its buffers: a segmentation fault or a corrupted heap. Naming the width puts it in
+    the keys. Empty where inductor finds no vector ISA.
+    """
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    bits = pick_vec_isa().bit_width()
+    return {"cpp.simdlen": bits} if bits else {}
 
 
 @dataclass
