@@ -56,10 +56,13 @@ def _cpu_vector_width() -> dict[str, int]:
     process, is compiled with AVX2's 8-float vectors by the next process whose kernels
     are capped at AVX2 (or on another CPU sharing the cache directory), and reads past
     its buffers: a segmentation fault or a corrupted heap. Naming the width puts it in
-    the keys. Empty where inductor finds no vector ISA.
+    the keys. Empty where inductor finds no vector ISA, and on older torch, whose
+    inductor has its ISA choice elsewhere: there compiling goes on as before.
     """
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+    except ImportError:
+        return {}
     bits = pick_vec_isa().bit_width()
     return {"cpp.simdlen": bits} if bits else {}
 
