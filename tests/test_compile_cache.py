@@ -9,8 +9,9 @@ import sys
 import pytest
 import torch
 
-# A ResNet generator's last block and up-sampling, compiled through the trainer's
-# wrapper; prints how far the compiled output is from the eager one.
+# A small ResNet generator with resize up-sampling (where inductor fuses the last
+# block's norm into the up-sampling), compiled through the trainer's wrapper; prints how
+# far the compiled output is from the eager one.
 _COMPILE_AND_COMPARE = """
 import torch
 from napari_cyclestyle.networks import build_generator
