@@ -25,14 +25,16 @@ Measures, each in a fresh Python process (so peak memory belongs to one measurem
   both sides alike): our paper step against the reference step at ngf 16 crop 64,
   batch 1 (:func:`measure_pair`: the median of the rounds' ratios), and on the CPU the
   1024² translation whole against ``tile_size="auto"`` (``bench_whole_or_tiles.py``'s
-  rounds, each forgetting the last one's timing);
+  rounds, each forgetting the last one's timing), and our paper step at ngf 64 crop 256,
+  batch 1, against the matmul measured before and after each of its steps
+  (:func:`measure_matmul_pair`: the median of the steps' fractions of it);
 - ``import napari_cyclestyle`` time (fresh processes, best of several);
 - time to open each widget in a napari viewer (under Xvfb when there is no display),
   once torch is imported.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench.py                  # full run (~15 min on 2 CPU cores)
+    .venv/bin/python benchmarks/bench.py                  # full run (~40 min on 2 CPU cores)
     .venv/bin/python benchmarks/bench.py --quick          # tiny sizes, well under a minute
     .venv/bin/python benchmarks/bench.py --json out.json  # also write every figure as JSON
     .venv/bin/python benchmarks/bench.py --device cuda    # on a GPU (default: auto)
@@ -111,6 +113,10 @@ class Settings:
     paired_translate_size: int
     pair_rounds: int
     pair_block_seconds: float  # each side's block of training steps in a round
+    # The paper step against the matmul measured around each of its steps, in one
+    # process (measure_matmul_pair, at batch 1): the configuration and the steps timed.
+    matmul_paired_case: TrainCase
+    matmul_pair_steps: int
 
 
 FULL_TRANSLATE = (
@@ -121,7 +127,21 @@ FULL_TRANSLATE = (
     (4096, "auto"),
 )
 FULL = Settings(
-    4096, FULL_CASES, 2, 20.0, 50, FULL_TRANSLATE, 64, 5, True, FULL_CASES[1], 1024, 7, 3.0
+    4096,
+    FULL_CASES,
+    2,
+    20.0,
+    50,
+    FULL_TRANSLATE,
+    64,
+    5,
+    True,
+    FULL_CASES[1],
+    1024,
+    7,
+    3.0,
+    FULL_CASES[0],
+    3,
 )
 QUICK = Settings(
     512,
@@ -137,6 +157,8 @@ QUICK = Settings(
     256,
     2,
     0.2,
+    QUICK_CASES[0],
+    1,
 )
 
 
@@ -502,6 +524,56 @@ def measure_pair(settings: Settings, case: TrainCase, batch_size: int, device_na
     }
 
 
+def measure_matmul_pair(settings: Settings, case: TrainCase, batch_size: int, device_name: str):
+    """Our Trainer's paper step against the fp32 matmul in one process: each timed step
+    runs between two matmul measurements (the one after a step is the one before the
+    next), and its FLOP rate counts against their mean. A row of its own process and
+    the matmul measured at the start of the run can catch a shared CPU in different
+    states; here a slow moment counts against both. The result is the median of the
+    steps' fractions."""
+    import torch
+
+    from napari_cyclestyle.devices import resolve_device
+
+    device = resolve_device(device_name)
+
+    def matmul() -> float:
+        return _matmul_rate(settings.matmul_size, device, torch.float32)
+
+    with _trainer_step(case, batch_size, "paper", device_name) as (_, paper):
+        flops = _count_flops(paper)
+        paper()  # a warm-up
+        _synchronize(device)
+        before, rounds = matmul(), []
+        for index in range(settings.matmul_pair_steps):
+            start = time.perf_counter()
+            paper()
+            _synchronize(device)
+            seconds = time.perf_counter() - start
+            after = matmul()
+            rounds.append(
+                {
+                    "step_seconds": seconds,
+                    "gflops_per_second": flops / seconds / 1e9,
+                    "matmul_gflops_per_second": (before + after) / 2,
+                }
+            )
+            before = after
+            _progress(
+                f"  step {index + 1}: {rounds[-1]['gflops_per_second']:.1f} GFLOP/s, matmul "
+                f"{rounds[-1]['matmul_gflops_per_second']:.1f} around it"
+            )
+    fractions = [r["gflops_per_second"] / r["matmul_gflops_per_second"] for r in rounds]
+    return {
+        "config": case.name,
+        "batch_size": batch_size,
+        "gflop_per_step": flops / 1e9,
+        "rounds": rounds,
+        "fractions": fractions,
+        "median_fraction": float(np.median(fractions)),
+    }
+
+
 def measure_translation(settings: Settings, size: int, tiling: str, device_name: str) -> dict:
     """Megapixels/s, FLOP rate and peak memory of ``translate`` on a ``size²`` RGB image,
     with ``tile_size="auto"`` (what users get: the process's first such plane, timed
@@ -741,6 +813,8 @@ def run_all(args: argparse.Namespace) -> dict:
     on_cpu = results["matmul"].get("device", "cpu").startswith("cpu")
     rounds = _run_isolated(["translate-rounds"], args)[0] if on_cpu else {}
     results["translation_rounds"] = rounds
+    case = settings.matmul_paired_case
+    results["matmul_paired"] = _run_isolated([f"matmul-pair:{case.name}:1"], args)[0]
     _progress("import time ...")
     results["import"] = measure_import(settings.import_repeats)
     wrapper, reason = _display_wrapper()
@@ -783,6 +857,10 @@ def run_one(spec: str, args: argparse.Namespace) -> dict:
         name, batch_size = rest.split(":")
         case = next(case for case in settings.cases if case.name == name)
         return measure_pair(settings, case, int(batch_size), args.device)
+    if kind == "matmul-pair":
+        name, batch_size = rest.split(":")
+        case = next(case for case in settings.cases if case.name == name)
+        return measure_matmul_pair(settings, case, int(batch_size), args.device)
     if kind == "translate-rounds":
         return measure_translation_rounds(settings)
     if kind == "translate":
@@ -849,6 +927,15 @@ def check_targets(results: dict) -> list[dict]:
             0.8,
             "",
         )
+
+    matmul_paired = results.get("matmul_paired", {})
+    add(
+        f"{big} batch 1, paper: fraction of the matmul rate measured around each step, in "
+        f"one process (median of {len(matmul_paired.get('fractions', []))} steps)",
+        matmul_paired.get("median_fraction"),
+        0.8,
+        "",
+    )
 
     def speedup(forward: str) -> float | None:
         return _over_reference(
@@ -946,6 +1033,20 @@ def _paired_report(results: dict) -> list[str]:
         )
     elif rounds:
         lines.append(f"in one process, auto against the whole plane: n/a ({rounds.get('error')})")
+    matmul_paired = results.get("matmul_paired", {})
+    if "fractions" in matmul_paired:
+        lines.append(
+            f"in one process, {matmul_paired['config']} batch {matmul_paired['batch_size']}: "
+            "paper step "
+            + ", ".join(f"{r['gflops_per_second']:.1f}" for r in matmul_paired["rounds"])
+            + " GFLOP/s against the matmul's "
+            + ", ".join(f"{r['matmul_gflops_per_second']:.1f}" for r in matmul_paired["rounds"])
+            + " around each step: "
+            + ", ".join(f"{f:.0%}" for f in matmul_paired["fractions"])
+            + f"; median {matmul_paired['median_fraction']:.0%}"
+        )
+    elif matmul_paired:
+        lines.append(f"in one process, paper against matmul: n/a ({matmul_paired.get('error')})")
     return lines
 
 
