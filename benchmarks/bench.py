@@ -853,14 +853,11 @@ def run_one(spec: str, args: argparse.Namespace) -> dict:
             cudnn == "on",
             layout == "nhwc",
         )
-    if kind == "pair":
+    if kind in ("pair", "matmul-pair"):
         name, batch_size = rest.split(":")
         case = next(case for case in settings.cases if case.name == name)
-        return measure_pair(settings, case, int(batch_size), args.device)
-    if kind == "matmul-pair":
-        name, batch_size = rest.split(":")
-        case = next(case for case in settings.cases if case.name == name)
-        return measure_matmul_pair(settings, case, int(batch_size), args.device)
+        measure = measure_pair if kind == "pair" else measure_matmul_pair
+        return measure(settings, case, int(batch_size), args.device)
     if kind == "translate-rounds":
         return measure_translation_rounds(settings)
     if kind == "translate":
