@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,32 @@ def test_cancelling_removes_scratch_files(tmp_path: Path):
     assert list(tmp_path.rglob("*.cell"))
     steps.close()
     assert not list(tmp_path.rglob("*.cell"))
+
+
+def test_cells_written_while_the_scratch_is_removed_go_too(tmp_path: Path, monkeypatch):
+    # On a cluster, the workers still finishing a cancelled tile (two here) can each
+    # write a cell into a folder after its removal has listed it and before it goes.
+    model = make_model("resnet_6blocks", 1)
+    steps = translate_steps(
+        photo(192, 256, rgb=False), model, device="cpu", tile_size=64,
+        memory_budget=2**16, scratch=tmp_path,
+    )  # fmt: skip
+    for step in steps:
+        if step.done == step.total // 2:
+            break
+    rmdir, late = os.rmdir, []
+
+    def rmdir_after_late_cells(path, *, dir_fd=None):
+        name = os.path.basename(path)
+        if name.startswith("activation") and late.count(name) < 2:
+            late.append(name)
+            cell = os.path.join(path, f"late{len(late)}.cell")
+            os.close(os.open(cell, os.O_CREAT | os.O_WRONLY, dir_fd=dir_fd))
+        rmdir(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "rmdir", rmdir_after_late_cells)
+    steps.close()
+    assert late and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(

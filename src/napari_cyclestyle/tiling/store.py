@@ -216,7 +216,8 @@ class Scratch:
     def __init__(self, budget: int, folder: str | os.PathLike | None, shared: bool) -> None:
         self._budget, self._used, self._folder = budget, 0, folder
         self.shared = shared
-        self._directory: tempfile.TemporaryDirectory | None = None
+        self._directory = ""
+        self._remove_directory: weakref.finalize | None = None
         self._count = 0
         self._idle: list[Tensor] = []
         self.spill = spill.SpillFiles()
@@ -250,15 +251,28 @@ class Scratch:
         self._idle.append(buffer)
 
     def new_path(self) -> str:
-        if self._directory is None:
-            self._directory = tempfile.TemporaryDirectory(
-                prefix="cyclestyle-", dir=self._folder, ignore_cleanup_errors=True
-            )
+        if self._remove_directory is None:
+            self._directory = tempfile.mkdtemp(prefix="cyclestyle-", dir=self._folder)
+            self._remove_directory = weakref.finalize(self, _remove_folder, self._directory)
         self._count += 1
-        return os.path.join(self._directory.name, f"activation{self._count}")
+        return os.path.join(self._directory, f"activation{self._count}")
 
     def close(self) -> None:
         self.spill.close()
         self._idle.clear()
-        if self._directory is not None:
-            self._directory.cleanup()
+        if self._remove_directory is not None:
+            self._remove_directory()
+
+
+_REMOVAL_TRIES = 10
+
+
+def _remove_folder(path: str) -> None:
+    """Remove the folder ``path`` and all in it, again while it is still there: workers
+    of a cluster still finishing a cancelled tile may write a cell into it between
+    ``rmtree`` listing a folder and removing it (once it is gone, they cannot). Other
+    errors leave what could not be removed, after a few tries."""
+    for _ in range(_REMOVAL_TRIES):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
