@@ -68,7 +68,7 @@ class Store:
     def _make_folder(self, scratch: Scratch) -> None:
         self._folder = scratch.new_path()
         os.mkdir(self._folder)
-        weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+        weakref.finalize(self, _remove_folder, self._folder)
 
     def _path(self, row: int, column: int) -> str:
         return os.path.join(self._folder, f"{row}_{column}.cell")
